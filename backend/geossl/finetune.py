@@ -1,0 +1,229 @@
+"""Few-label fine-tuning of DeepLabV3+ from polygons.
+
+Cross-entropy only on pixels inside polygons (``ignore_index``), class-balanced window sampling,
+geometry-only augmentations, AMP on CUDA, and a validation split of *whole polygons* per class:
+neighbouring pixels of a training polygon are nearly identical, so validating on them would
+report memorisation, not mapping skill. The best epoch on validation is kept (early stopping).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .classes import IGNORE_INDEX
+from .datasets import LabelledTiles, WindowTiles
+from .errors import GeoSSLError
+from .labels import load_label_polygons, split_polygons
+from .metrics import confusion_matrix, scores
+from .models import autocast, build_model, pick_device, prepare
+from .progress import Clock, ProgressCallback, null_progress
+from .raster_io import BandStats, check_output_path, check_training_rasters, compute_band_stats
+from .sampling import validation_windows
+from .schemas import FinetuneParams
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cosine_with_warmup(total: int, warmup: int) -> Any:
+    """LR factor: linear warm-up then cosine decay to 0 — stable from random init with Adam."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
+
+
+def load_pretrained(model: nn.Module, ckpt: dict, encoder: str, in_channels: int, aspp: bool) -> list[str]:
+    """Copy a pretrained encoder (and optionally ASPP) into ``model``; refuse mismatches clearly."""
+    if ckpt.get("encoder") != encoder:
+        raise GeoSSLError(
+            f"The pretrained checkpoint has encoder {ckpt.get('encoder')}, but fine-tuning asks for {encoder}.",
+            f"use --encoder {ckpt.get('encoder')} or pretrain a {encoder}.",
+        )
+    if int(ckpt.get("in_channels", -1)) != in_channels:
+        raise GeoSSLError(
+            f"The pretrained checkpoint expects {ckpt.get('in_channels')} bands, the raster has {in_channels}.",
+            "fine-tune on rasters with the bands the encoder was pretrained on.",
+        )
+    prefixes = ("encoder.",) + (("decoder.aspp.",) if aspp else ())
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes)}
+    missing = [k for k in model.state_dict() if k.startswith(prefixes) and k not in state]
+    if missing:
+        raise GeoSSLError(
+            f"The pretrained checkpoint lacks {len(missing)} weights (e.g. {missing[0]}).",
+            "use a checkpoint written by `geossl pretrain`.",
+        )
+    model.load_state_dict(state, strict=False)
+    return sorted(state)
+
+
+def recalibrate_batchnorm(model: nn.Module, dataset: LabelledTiles, batch: int, n_batches: int,
+                          device: torch.device, amp: bool) -> None:
+    """Recompute BatchNorm population statistics for the current weights.
+
+    After a few hundred steps from random init the running averages (momentum 0.1) still describe
+    earlier weights, and eval-mode predictions collapse even though training loss is low.
+    Averaging the statistics over fresh training windows (as SWA's ``update_bn`` does) makes the
+    saved model predict as well as it trains.
+    """
+    saved_epoch = dataset.epoch
+    dataset.epoch = 1_000_000 + saved_epoch  # windows distinct from training draws, still seeded
+    loader = DataLoader(dataset, batch_size=batch, drop_last=True)
+    inputs = (x.to(device) for x, _ in itertools.islice(loader, n_batches))
+    with autocast(device, amp):
+        torch.optim.swa_utils.update_bn(inputs, model)
+    dataset.epoch = saved_epoch
+    model.train()
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, amp: bool) -> np.ndarray:
+    """Confusion matrix of the model on validation windows (labelled pixels only)."""
+    model.eval()
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for x, y in loader:
+        with autocast(device, amp):
+            pred = model(x.to(device)).argmax(1).cpu().numpy()
+        cm += confusion_matrix(y.numpy(), pred, num_classes, ignore=IGNORE_INDEX)
+    model.train()
+    return cm
+
+
+def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progress) -> dict[str, Any]:
+    """Fine-tune and write the model file; returns a summary (paths, metrics, history, warnings)."""
+    t0 = time.monotonic()
+    out = check_output_path(params.out)
+    seed_everything(params.seed)
+    infos = check_training_rasters(params.rasters)
+    in_channels = infos[0].count
+    pretrained = load_checkpoint(params.init, "pretrained") if params.init else None
+    if pretrained is not None:
+        stats = BandStats.from_dict(pretrained["band_stats"])
+    else:
+        progress(Clock().event("band statistics", 0, 0, message="Computing band statistics…"))
+        stats = compute_band_stats(params.rasters, seed=params.seed)
+    polys, table, warnings = load_label_polygons(
+        params.labels, params.class_field, infos, colours=params.colours, layer=params.layer
+    )
+    train_polys, val_polys = split_polygons(polys, params.val_fraction, params.seed)
+    n_val = sum(len(p.geoms) for p in val_polys)
+    if n_val == 0 and params.val_fraction > 0:
+        warnings.append("No class has two polygons: nothing held out for validation, no early stopping.")
+    for w in warnings:
+        progress(Clock().event("labels", 0, 0, message=f"warning: {w}"))
+
+    device = pick_device(params.device)
+    model = build_model(params.encoder, in_channels, len(table))
+    loaded = load_pretrained(model, pretrained, params.encoder, in_channels, params.init_aspp) if pretrained else []
+    model = prepare(model, device)
+    total = params.total_steps
+    spe = min(params.steps_per_epoch, total)
+    epochs = math.ceil(total / spe)
+    train_ds = LabelledTiles(train_polys, stats, params.tile, spe * params.batch, params.seed)
+    loader_kw = {"num_workers": params.workers, "pin_memory": device.type == "cuda"}
+    val_loader = None
+    if n_val:
+        val_ds = WindowTiles(val_polys, stats, validation_windows(val_polys, params.tile, params.seed))
+        val_loader = DataLoader(val_ds, batch_size=params.batch, **loader_kw)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, max(1, total // 20)))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and params.amp
+                                  and not torch.cuda.is_bf16_supported())
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    clock = Clock()
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"kappa": -math.inf, "state": None, "epoch": 0, "metrics": None}
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        train_ds.epoch = epoch
+        loader = DataLoader(train_ds, batch_size=params.batch, shuffle=False, drop_last=True, **loader_kw)
+        losses = []
+        for x, y in loader:
+            if step >= total:
+                break
+            if not (y != IGNORE_INDEX).any():
+                continue
+            x = x.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, params.amp):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            progress(clock.event("fine-tune", step, total, loss=losses[-1], metrics={"epoch": epoch + 1}))
+        recalibrate_batchnorm(model, train_ds, params.batch, min(spe, 16), device, params.amp)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [np.nan]))}
+        if val_loader is not None:
+            m = scores(validate(model, val_loader, len(table), device, params.amp), table.names)
+            record.update(val_kappa=m["kappa"], val_oa=m["overall_accuracy"], val_miou=m["miou"])
+            improved = m["kappa"] > best["kappa"]
+        else:
+            m, improved = None, True
+        history.append(record)
+        progress(clock.event("fine-tune", step, total, loss=record["train_loss"],
+                             metrics={k: v for k, v in record.items() if k.startswith("val_")},
+                             message=_epoch_line(record)))
+        if improved:
+            best.update(kappa=m["kappa"] if m else best["kappa"], epoch=epoch + 1, metrics=m,
+                        state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+        elif epoch + 1 - best["epoch"] >= params.patience:
+            progress(clock.event("fine-tune", step, total,
+                                 message=f"Early stop: no validation gain for {params.patience} epochs."))
+            break
+        if step >= total:
+            break
+
+    config = params.model_dump()
+    save_checkpoint(
+        out, "segmentation", best["state"],
+        arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
+        classes=table.to_dict(), band_stats=stats.to_dict(), tile=params.tile, seed=params.seed,
+        config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
+        init={"path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
+              "loaded": len(loaded)} if pretrained else None,
+        rasters=[i.path for i in infos], steps=step,
+    )
+    return {
+        "model": str(out.resolve()),
+        "classes": table.to_dict(),
+        "steps": step,
+        "epochs": len(history),
+        "best_epoch": best["epoch"],
+        "validation": best["metrics"],
+        "history": history,
+        "warnings": warnings,
+        "device": str(device),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    val = f", val kappa {r['val_kappa']:.3f}, OA {r['val_oa']:.3f}" if "val_kappa" in r else ""
+    return f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}{val}"
+

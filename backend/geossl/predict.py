@@ -1,0 +1,115 @@
+"""``geossl predict``: a fine-tuned model over a whole raster → classified GeoTIFF + confidence.
+
+The torch side (model, AMP, batches) lives here; tiling/blending/streaming live in ``tiling``.
+Outputs keep the source CRS and transform, carry a colour table, class names (band metadata and a
+QGIS ``.qml`` sidecar) and are written atomically: an interrupted run leaves no output file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .classes import ClassTable, write_qml
+from .errors import GeoSSLError
+from .models import autocast, build_model, pick_device, prepare
+from .progress import Clock, ProgressCallback, null_progress
+from .raster_io import BandStats, check_output_path, geotiff_writer, open_raster, raster_info
+from .schemas import PredictParams
+from .tiling import RowBuffer, predict_stripes
+
+
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    ckpt = load_checkpoint(path, "segmentation")
+    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return prepare(model, device).eval(), ckpt
+
+
+def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool):
+    """(B, C, t, t) normalised numpy → (B, K, t, t) softmax probabilities (float32 numpy)."""
+
+    @torch.inference_mode()
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(tiles).to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    return predict
+
+
+def run_predict(params: PredictParams, progress: ProgressCallback = null_progress) -> dict[str, Any]:
+    t0 = time.monotonic()
+    out = check_output_path(params.out)
+    conf_out = check_output_path(params.confidence) if params.confidence else None
+    device = pick_device(params.device)
+    model, ckpt = load_model(params.model, device)
+    info = raster_info(params.raster)
+    if info.count != int(ckpt["in_channels"]):
+        raise GeoSSLError(
+            f"The model expects {ckpt['in_channels']} bands but '{Path(params.raster).name}' has {info.count}.",
+            "predict on a raster with the same bands as the training rasters.",
+        )
+    table = ClassTable.from_dict(ckpt["classes"])
+    stats = BandStats.from_dict(ckpt["band_stats"])
+    tile = params.tile or int(ckpt.get("tile", 256))
+    overlap = params.overlap if params.overlap is not None else tile // 4
+    if overlap >= tile:
+        raise GeoSSLError(f"Overlap {overlap} must be smaller than the tile ({tile}).", "lower --overlap.")
+    lut = np.array(table.values, np.uint8)
+    nodata = table.nodata_value
+    tags = {"GEOSSL_CLASSES": table.to_json(), "GEOSSL_MODEL": str(Path(params.model).resolve())}
+    clock = Clock()
+    counts = np.zeros(len(table), np.int64)
+
+    def on_tiles(done: int, total: int) -> None:
+        progress(clock.event("predict", done, total))
+
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(open_raster(params.raster))
+        dst = stack.enter_context(geotiff_writer(
+            out, info, 1, "uint8", nodata, colormap=table.colormap(), descriptions=["class"], tags=tags))
+        conf_dst = stack.enter_context(geotiff_writer(
+            conf_out, info, 1, "float32", float("nan"), descriptions=["confidence"])) if conf_out else None
+
+        def write(window, classes: np.ndarray, conf: np.ndarray) -> None:
+            valid = classes >= 0
+            counts[:] += np.bincount(classes[valid], minlength=len(table))
+            mapped = np.where(valid, lut[np.clip(classes, 0, None)], nodata).astype(np.uint8)
+            dst.write(mapped[None], window=window)
+            if conf_dst is not None:
+                conf_dst.write(conf[None], window=window)
+
+        buffer = RowBuffer(write)
+        predictor = torch_predictor(model, device, params.amp)
+        for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles):
+            buffer.add(block)
+        buffer.flush()
+    write_qml(out.with_suffix(".qml"), table)
+    return {
+        "classes_raster": str(out.resolve()),
+        "confidence_raster": str(conf_out.resolve()) if conf_out else None,
+        "style": str(out.with_suffix(".qml").resolve()),
+        "class_pixels": dict(zip(table.names, counts.tolist(), strict=True)),
+        "tile": tile,
+        "overlap": overlap,
+        "device": str(device),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+
+
+def read_class_table(path: str) -> ClassTable | None:
+    """The class table a GeoSSL map carries in its metadata (None for other rasters)."""
+    with open_raster(path) as src:
+        raw = src.tags().get("GEOSSL_CLASSES")
+    return ClassTable.from_dict(json.loads(raw)) if raw else None

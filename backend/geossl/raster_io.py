@@ -1,0 +1,279 @@
+"""Raster input/output with rasterio: windowed, nodata-aware, any band count and dtype.
+
+Everything here works window by window so memory never depends on raster size. Outputs are
+written to a temporary file beside the target and renamed at the end, so a crash or a full disk
+never leaves a half-written GeoTIFF under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from .errors import GeoSSLError
+
+SUPPORTED_KINDS = ("u", "i", "f")  # unsigned, signed integer, float; complex is refused
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipeline needs to know about a raster, without holding it open."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in the raster's CRS."""
+        return tuple(rasterio.transform.array_bounds(self.height, self.width, self.affine))
+
+    @property
+    def affine(self) -> rasterio.Affine:
+        return rasterio.Affine(*self.transform[:6])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def open_raster(path: str | os.PathLike) -> rasterio.io.DatasetReader:
+    """Open a raster for reading, turning every failure into an actionable message."""
+    p = Path(path)
+    if not p.exists():
+        raise GeoSSLError(f"Raster '{p}' does not exist.", "check the path (absolute paths are safest).")
+    if p.is_dir():
+        raise GeoSSLError(f"'{p}' is a folder, not a raster file.", "give the path of a GeoTIFF (or any GDAL raster).")
+    try:
+        src = rasterio.open(p)
+    except RasterioIOError as exc:
+        raise GeoSSLError(
+            f"Raster '{p}' cannot be read: {exc}.", "check that it is a valid GeoTIFF and not truncated."
+        ) from exc
+    kinds = {np.dtype(d).kind for d in src.dtypes}
+    if not kinds <= set(SUPPORTED_KINDS):
+        src.close()
+        raise GeoSSLError(
+            f"Raster '{p}' has data type {src.dtypes[0]}, which GeoSSL does not support.",
+            "convert it to an integer or float type (e.g. gdal_translate -ot Float32).",
+        )
+    return src
+
+
+def raster_info(path: str | os.PathLike) -> RasterInfo:
+    with open_raster(path) as src:
+        return RasterInfo(
+            path=str(Path(path).resolve()),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs.to_wkt() if src.crs else None,
+            transform=tuple(src.transform)[:6],
+            nodata=src.nodata,
+            descriptions=tuple(src.descriptions),
+        )
+
+
+def check_training_rasters(paths: Sequence[str | os.PathLike]) -> list[RasterInfo]:
+    """Infos of several training rasters, refusing sets whose bands do not agree."""
+    if not paths:
+        raise GeoSSLError("No raster was given.", "pass at least one --raster.")
+    infos = [raster_info(p) for p in paths]
+    counts = {i.count for i in infos}
+    if len(counts) > 1:
+        listing = ", ".join(f"{Path(i.path).name}: {i.count}" for i in infos)
+        raise GeoSSLError(
+            f"The training rasters have different band counts ({listing}).",
+            "use rasters with the same bands in the same order.",
+        )
+    for info in infos:
+        if info.crs is None:
+            raise GeoSSLError(
+                f"Raster '{info.path}' has no coordinate reference system.",
+                "assign one (QGIS: Raster ▸ Projections ▸ Assign Projection, or gdal_edit.py -a_srs).",
+            )
+    return infos
+
+
+def read_window(src: rasterio.io.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``window`` as float32 (C, h, w) plus a validity mask (h, w).
+
+    The window may extend past the raster: outside pixels come back invalid (boundless read), so
+    callers can take fixed-size windows at the edges without special cases. A pixel is valid only
+    if every band is valid (nodata, GDAL masks and non-finite values all count as invalid).
+    """
+    data = src.read(window=window, boundless=True, masked=False, fill_value=0).astype(np.float32, copy=False)
+    masks = src.read_masks(window=window, boundless=True)
+    valid = masks.min(axis=0) > 0
+    if src.nodata is not None and not np.isnan(src.nodata):
+        valid &= ~np.all(data == np.float32(src.nodata), axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    data[:, ~valid] = 0.0
+    return data, valid
+
+
+def random_windows(
+    width: int, height: int, size: int, n: int, rng: np.random.Generator
+) -> Iterator[Window]:
+    """``n`` random ``size``×``size`` windows inside a raster (the whole raster if it is smaller)."""
+    for _ in range(n):
+        x = int(rng.integers(0, max(width - size, 0) + 1))
+        y = int(rng.integers(0, max(height - size, 0) + 1))
+        yield Window(x, y, min(size, width), min(size, height))
+
+
+@dataclass
+class BandStats:
+    """Robust per-band normalisation, stored with every model so inference normalises identically.
+
+    Values are clipped to the [low, high] percentiles (bright outliers such as clouds or specular
+    glints would otherwise dominate), then standardised with the mean/std of the clipped values.
+    """
+
+    low: list[float]
+    high: list[float]
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def count(self) -> int:
+        return len(self.mean)
+
+    def normalise(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(C, ...) raw values → standardised float32; invalid pixels become 0 (the band mean)."""
+        shape = (-1,) + (1,) * (data.ndim - 1)
+        low = np.asarray(self.low, np.float32).reshape(shape)
+        high = np.asarray(self.high, np.float32).reshape(shape)
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        std = np.asarray(self.std, np.float32).reshape(shape)
+        out = (np.clip(data, low, high) - mean) / std
+        if valid is not None:
+            out[..., ~valid] = 0.0
+        return out.astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BandStats:
+        return cls(**{k: [float(v) for v in d[k]] for k in ("low", "high", "mean", "std")})
+
+
+def compute_band_stats(
+    paths: Sequence[str | os.PathLike],
+    n_windows: int = 64,
+    window: int = 256,
+    seed: int = 0,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    max_samples: int = 500_000,
+) -> BandStats:
+    """Percentile/mean/std per band from a sample of windows over all rasters, never the whole raster."""
+    rng = np.random.default_rng(seed)
+    chunks: list[np.ndarray] = []
+    per_raster = max(1, n_windows // len(paths))
+    for path in paths:
+        with open_raster(path) as src:
+            for win in random_windows(src.width, src.height, window, per_raster, rng):
+                data, valid = read_window(src, win)
+                if valid.any():
+                    chunks.append(data[:, valid])
+    if not chunks:
+        names = ", ".join(Path(p).name for p in paths)
+        raise GeoSSLError(
+            f"No valid pixel found in {names}: the raster is entirely nodata.",
+            "check the nodata value (gdalinfo) or pick another raster.",
+        )
+    values = np.concatenate(chunks, axis=1)
+    if values.shape[1] > max_samples:
+        values = values[:, rng.choice(values.shape[1], max_samples, replace=False)]
+    low = np.percentile(values, percentiles[0], axis=1)
+    high = np.percentile(values, percentiles[1], axis=1)
+    clipped = np.clip(values, low[:, None], high[:, None])
+    mean = clipped.mean(axis=1)
+    std = np.maximum(clipped.std(axis=1), 1e-6)
+    return BandStats(low.tolist(), high.tolist(), mean.tolist(), std.tolist())
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work if ``path`` cannot be written (missing or read-only folder)."""
+    p = Path(path).expanduser()
+    folder = p.resolve().parent
+    if not folder.is_dir():
+        raise GeoSSLError(f"Output folder '{folder}' does not exist.", "create it or choose another output path.")
+    if not os.access(folder, os.W_OK):
+        raise GeoSSLError(f"Output folder '{folder}' is not writable.", "choose a folder you can write to.")
+    if p.is_dir():
+        raise GeoSSLError(f"Output '{p}' is a folder.", "give a file name, e.g. classes.tif.")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.resolve().parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def geotiff_writer(
+    path: str | os.PathLike,
+    like: RasterInfo,
+    count: int,
+    dtype: str,
+    nodata: float | None,
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    descriptions: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    blocksize: int = 256,
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """A tiled, deflate-compressed GeoTIFF on ``like``'s grid, written atomically."""
+    profile = {
+        "driver": "GTiff",
+        "width": like.width,
+        "height": like.height,
+        "count": count,
+        "dtype": dtype,
+        "crs": like.crs,
+        "transform": like.affine,
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 2 if np.dtype(dtype).kind in "ui" else 3,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if like.width >= blocksize and like.height >= blocksize:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        if colormap:
+            dst.write_colormap(1, colormap)
+        for i, text in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, text)
+        if tags:
+            dst.update_tags(**tags)
+        yield dst

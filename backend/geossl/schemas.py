@@ -1,0 +1,106 @@
+"""Job parameters: the one contract shared by the CLI, the service and the QGIS plugin.
+
+The CLI builds these from its flags, the service validates request bodies with them, and the
+pipeline functions take them, so an option exists once with one default and one check.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .models import ENCODERS
+
+Encoder = Literal[ENCODERS]  # type: ignore[valid-type]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _tile_ok(v: int) -> int:
+    if v % 16:
+        raise ValueError(f"tile must be a multiple of 16 (DeepLabV3+ downsamples by 16), got {v}")
+    return v
+
+
+class FinetuneParams(_Params):
+    """Few-label fine-tuning of DeepLabV3+ from polygons."""
+
+    rasters: list[str] = Field(min_length=1, description="Training rasters (same bands)")
+    labels: str = Field(description="Polygon file (GeoPackage, Shapefile, GeoJSON)")
+    class_field: str = Field(description="Field holding each polygon's class")
+    layer: str | None = Field(None, description="Layer of a multi-layer vector file")
+    out: str = Field(description="Model file to write (.pt)")
+    encoder: Encoder = "resnet18"
+    init: str | None = Field(None, description="Pretrained encoder checkpoint from `geossl pretrain`")
+    init_aspp: bool = Field(False, description="Also load the pretrained ASPP module")
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
+    steps_per_epoch: int = Field(50, ge=1)
+    tile: int = Field(256, ge=32, le=2048)
+    batch: int = Field(8, ge=1, le=512)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of polygons per class held out")
+    patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
+    seed: int = 0
+    workers: int = Field(0, ge=0, le=64)
+    device: Device = "auto"
+    amp: bool = True
+    colours: dict[str, str] | None = Field(None, description="Class name → #rrggbb")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int) -> int:
+        return _tile_ok(v)
+
+    @model_validator(mode="after")
+    def _budget(self) -> FinetuneParams:
+        if self.epochs is None and self.steps is None:
+            self.epochs = 20
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
+
+
+class PredictParams(_Params):
+    """Tiled prediction of a whole raster."""
+
+    model: str
+    raster: str
+    out: str = Field(description="Classified GeoTIFF to write")
+    confidence: str | None = Field(None, description="Confidence GeoTIFF (max probability)")
+    tile: int | None = Field(None, ge=32, le=4096, description="Default: the model's training tile")
+    overlap: int | None = Field(None, ge=0, description="Default: a quarter of the tile")
+    batch: int = Field(8, ge=1, le=1024)
+    device: Device = "auto"
+    amp: bool = True
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        return None if v is None else _tile_ok(v)
+
+
+class EvaluateParams(_Params):
+    """Accuracy of a classified map against a reference raster or polygons."""
+
+    prediction: str
+    reference: str | None = None
+    labels: str | None = None
+    class_field: str | None = None
+    layer: str | None = None
+    out: str | None = Field(None, description="JSON file for the metrics")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> EvaluateParams:
+        if (self.reference is None) == (self.labels is None):
+            raise ValueError("give either a reference raster or labels (polygons), not both")
+        if self.labels is not None and not self.class_field:
+            raise ValueError("class_field is required with labels")
+        return self

@@ -1,0 +1,164 @@
+"""Streaming tiled prediction over a whole raster, with overlap blending and bounded memory.
+
+The raster is cut into a *global* grid of overlapping tiles (edge tiles are shifted inside the
+raster, never zero-padded). Each tile's class probabilities are weighted by a window that is 1 in
+the middle and tapers over the overlap, summed, and divided by the summed weights: neighbouring
+tiles agree smoothly, so there are no seams. Tiles are processed row by row inside vertical
+stripes of at most ``stripe`` pixels; a row of output is written as soon as no later tile can
+touch it. Memory is therefore bounded by tile size × stripe width × classes, never by the
+raster's size. This module knows nothing about torch: it calls a ``predict`` function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from .raster_io import BandStats, read_window
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (B, C, t, t) float32 → (B, K, t, t) probabilities
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets covering ``length`` with ``tile``-long tiles: regular steps of ``stride``,
+    the last one shifted back so it ends exactly at the edge (no padding)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) weights: raised-cosine ramps over ``overlap`` pixels at each side, 1 inside.
+
+    Never zero, so a pixel covered by a single tile (raster edges) keeps its prediction.
+    """
+    ramp = np.ones(tile, np.float32)
+    if overlap > 0:
+        i = np.arange(overlap, dtype=np.float32)
+        up = 0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / overlap)
+        ramp[:overlap] = np.minimum(ramp[:overlap], up)
+        ramp[tile - overlap:] = np.minimum(ramp[tile - overlap:], up[::-1])
+    return np.outer(ramp, ramp)
+
+
+@dataclass
+class TileOutput:
+    """Finished rows of one stripe: class index (or -1 for nodata) and confidence."""
+
+    window: Window
+    classes: np.ndarray  # int16 (h, w), -1 = nodata
+    confidence: np.ndarray  # float32 (h, w)
+
+
+def predict_stripes(
+    src,
+    stats: BandStats,
+    predict: Predict,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    stripe: int = 4096,
+    on_tiles: Callable[[int, int], None] | None = None,
+):
+    """Yield ``TileOutput`` blocks covering the raster ``src`` (an open rasterio dataset).
+
+    ``on_tiles(done, total)`` is called after each batch for progress reporting.
+    """
+    height, width = src.height, src.width
+    stride = max(1, tile - overlap)
+    ys = tile_starts(height, tile, stride)
+    xs_all = tile_starts(width, tile, stride)
+    weight = blend_window(tile, min(overlap, tile // 2))
+    stripe = max(stripe, tile)
+    n_stripes = math.ceil(width / stripe)
+    stripe_tiles = [
+        [x for x in xs_all if x < min((s + 1) * stripe, width) and x + tile > s * stripe] for s in range(n_stripes)
+    ]
+    total = sum(len(t) for t in stripe_tiles) * len(ys)
+    done = 0
+    for s in range(n_stripes):
+        sx0, sx1 = s * stripe, min((s + 1) * stripe, width)
+        xs = stripe_tiles[s]
+        ex0, ex1 = xs[0], min(xs[-1] + tile, width) if width >= tile else width
+        ext_w = max(ex1 - ex0, tile)
+        acc = None
+        wsum = np.zeros((tile, ext_w), np.float32)
+        for i, y in enumerate(ys):
+            rows = min(tile, height - y)
+            data, valid = read_window(src, Window(ex0, y, ex1 - ex0, rows))
+            x_norm = stats.normalise(data, valid)
+            if x_norm.shape[1:] != (tile, ext_w):  # raster smaller than a tile: mirror, not zeros
+                x_norm = np.pad(x_norm, ((0, 0), (0, tile - rows), (0, ext_w - (ex1 - ex0))), mode="symmetric")
+            for b in range(0, len(xs), batch_size):
+                group = xs[b:b + batch_size]
+                tiles = np.stack([x_norm[:, :, x - ex0:x - ex0 + tile] for x in group])
+                probs = predict(tiles)
+                if acc is None:
+                    acc = np.zeros((probs.shape[1], tile, ext_w), np.float32)
+                for x, p in zip(group, probs, strict=True):
+                    acc[:, :, x - ex0:x - ex0 + tile] += p * weight
+                    wsum[:, x - ex0:x - ex0 + tile] += weight
+                done += len(group)
+                if on_tiles:
+                    on_tiles(done, total)
+            next_y = ys[i + 1] if i + 1 < len(ys) else height
+            d = next_y - y  # rows [y, next_y) are final
+            prob = acc[:, :d, sx0 - ex0:sx1 - ex0] / wsum[None, :d, sx0 - ex0:sx1 - ex0]
+            classes = prob.argmax(axis=0).astype(np.int16)
+            conf = prob.max(axis=0).astype(np.float32)
+            ok = valid[:d, sx0 - ex0:sx1 - ex0]
+            classes[~ok] = -1
+            conf[~ok] = np.nan
+            yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf)
+            acc[:, : tile - d] = acc[:, d:].copy()
+            acc[:, tile - d:] = 0.0
+            wsum[: tile - d] = wsum[d:].copy()
+            wsum[tile - d:] = 0.0
+
+
+class RowBuffer:
+    """Collects finished rows of a stripe and writes them in block-aligned chunks.
+
+    Writing whole 256-row blocks keeps compressed tiled GeoTIFFs compact (GDAL never has to
+    re-compress a half-written block).
+    """
+
+    def __init__(self, write: Callable[[Window, np.ndarray, np.ndarray], None], block: int = 256) -> None:
+        self.write = write
+        self.block = block
+        self.window: Window | None = None
+        self.classes: list[np.ndarray] = []
+        self.confidence: list[np.ndarray] = []
+
+    def add(self, out: TileOutput) -> None:
+        if self.window is not None and self.window.col_off != out.window.col_off:
+            self.flush()
+        if self.window is None:
+            self.window = out.window
+        self.classes.append(out.classes)
+        self.confidence.append(out.confidence)
+        rows = sum(c.shape[0] for c in self.classes)
+        row0 = int(self.window.row_off)
+        cut = (row0 + rows) // self.block * self.block - row0
+        if cut > 0:
+            self._emit(cut)
+
+    def flush(self) -> None:
+        if self.classes:
+            self._emit(sum(c.shape[0] for c in self.classes))
+        self.window, self.classes, self.confidence = None, [], []
+
+    def _emit(self, rows: int) -> None:
+        classes = np.concatenate(self.classes)
+        conf = np.concatenate(self.confidence)
+        w = self.window
+        self.write(Window(w.col_off, w.row_off, w.width, rows), classes[:rows], conf[:rows])
+        self.classes, self.confidence = [classes[rows:]], [conf[rows:]]
+        self.window = Window(w.col_off, w.row_off + rows, w.width, 0)

@@ -1,0 +1,120 @@
+"""The `geossl` command end to end on generated GeoTIFFs, and its answers to bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from geossl.cli import main
+
+from tests.data import pixel_box, two_class_raster, write_polygons, write_raster
+
+
+def geossl(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small model shared by the CLI tests (training is the slow part)."""
+    from tests.data import two_class_polygons
+
+    d = tmp_path_factory.mktemp("cli")
+    raster = two_class_raster(d / "scene.tif")
+    labels = two_class_polygons(d / "labels.gpkg")
+    code = main(["finetune", "--raster", str(raster), "--labels", str(labels), "--class-field", "class",
+                 "--out", str(d / "m.pt"), "--steps", "16", "--steps-per-epoch", "8", "--tile", "32",
+                 "--batch", "4", "--colour", "dark=#222222", "--json"])
+    assert code == 0
+    return {"dir": d, "raster": raster, "labels": labels, "model": d / "m.pt"}
+
+
+def test_finetune_predict_evaluate(trained, capsys):
+    d = trained["dir"]
+    code, out, _ = geossl(capsys, "predict", "--model", trained["model"], "--raster", trained["raster"],
+                          "--out", d / "classes.tif", "--confidence", d / "conf.tif", "--json")
+    assert code == 0
+    result = json.loads(out)
+    with rasterio.open(trained["raster"]) as src, rasterio.open(d / "classes.tif") as cls, \
+            rasterio.open(d / "conf.tif") as conf:
+        assert cls.crs == src.crs and cls.transform == src.transform and cls.shape == src.shape
+        assert cls.dtypes[0] == "uint8" and cls.count == 1
+        assert cls.colormap(1)[2][:3] == (0x22, 0x22, 0x22)  # the user's colour for "dark" (value 2)
+        assert json.loads(cls.tags()["GEOSSL_CLASSES"])["names"] == ["bright", "dark"]
+        c = cls.read(1)
+        p = conf.read(1)
+    truth = np.repeat(np.where(np.arange(96)[None, :] < 48, 2, 1), 96, axis=0)  # bright=1, dark=2
+    assert (c == truth).mean() > 0.9
+    assert ((p >= 0.5) & (p <= 1.0)).all()
+    assert (d / "classes.qml").exists() and result["class_pixels"]["dark"] > 0
+
+    code, out, _ = geossl(capsys, "evaluate", "--prediction", d / "classes.tif", "--labels", trained["labels"],
+                          "--class-field", "class", "--out", d / "metrics.json", "--json")
+    assert code == 0
+    metrics = json.loads(out)
+    assert metrics["kappa"] > 0.8 and set(metrics["per_class"]) == {"bright", "dark"}
+    assert json.loads((d / "metrics.json").read_text())["kappa"] == metrics["kappa"]
+
+    ref = d / "ref.tif"
+    write_raster(ref, truth[None].astype("uint8"))
+    code, out, _ = geossl(capsys, "evaluate", "--prediction", d / "classes.tif", "--reference", ref, "--json")
+    assert code == 0 and json.loads(out)["overall_accuracy"] == pytest.approx((c == truth).mean())
+
+    code, out, _ = geossl(capsys, "info", "--model", trained["model"], "--json")
+    info = json.loads(out)
+    assert code == 0 and info["classes"]["names"] == ["bright", "dark"] and info["encoder"] == "resnet18"
+
+
+def test_bad_inputs_give_clear_errors_and_no_output(trained, capsys, tmp_path):
+    base = ["finetune", "--raster", trained["raster"], "--labels", trained["labels"], "--class-field", "class",
+            "--out", tmp_path / "m.pt", "--steps", "1", "--tile", "32"]
+
+    def fails(args, message):
+        code, out, err = geossl(capsys, *args)
+        assert code == 2, (out, err)
+        assert message in err, err
+        assert "Traceback" not in err
+        return err
+
+    fails(["finetune", "--raster", tmp_path / "nope.tif"] + base[3:], "does not exist")
+    fails(base[:6] + ["landuse"] + base[7:], "has no field 'landuse' (fields: class)")
+    outside = write_polygons(tmp_path / "far.gpkg", [pixel_box(500, 500, 510, 510), pixel_box(600, 0, 610, 5)],
+                             ["a", "b"])
+    fails(base[:4] + [outside] + base[5:], "overlaps the raster")
+    fails(base[:-4] + ["--out", tmp_path / "missing" / "m.pt", "--steps", "1"], "does not exist")
+    fails(base[:-2] + ["--tile", "40"], "tile must be a multiple of 16")
+    nodata = write_raster(tmp_path / "nd.tif", np.zeros((3, 40, 40), "uint16"), nodata=0)
+    fails(["finetune", "--raster", nodata] + base[3:], "entirely nodata")
+    four = write_raster(tmp_path / "four.tif", np.ones((4, 40, 40), "uint16"))
+    fails(["predict", "--model", trained["model"], "--raster", four, "--out", tmp_path / "c.tif"],
+          "expects 3 bands but 'four.tif' has 4")
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x04garbage")
+    fails(["predict", "--model", tmp_path / "broken.pt", "--raster", trained["raster"], "--out", tmp_path / "c.tif"],
+          "cannot be loaded")
+    assert not list(tmp_path.glob("*.pt")) or [p.name for p in tmp_path.glob("*.pt")] == ["broken.pt"]
+    assert not (tmp_path / "c.tif").exists()
+    code, out, _ = geossl(capsys, "predict", "--model", trained["model"], "--raster", four, "--out",
+                          tmp_path / "c.tif", "--json")
+    assert code == 2 and "expects 3 bands" in json.loads(out)["error"]
+
+
+def test_polygons_in_another_crs_train(trained, capsys, tmp_path):
+    from tests.data import two_class_polygons
+
+    wgs = two_class_polygons(tmp_path / "wgs.geojson", crs="EPSG:4326")
+    code, out, err = geossl(capsys, "finetune", "--raster", trained["raster"], "--labels", wgs, "--class-field",
+                            "class", "--out", tmp_path / "m.pt", "--steps", "2", "--tile", "32", "--batch", "2")
+    assert code == 0, err and (tmp_path / "m.pt").exists()
+
+
+def test_console_script_help():
+    """The installed entry point answers (README's commands rely on it)."""
+    out = subprocess.run([sys.executable, "-m", "geossl.cli", "finetune", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for flag in ("--raster", "--labels", "--class-field", "--out", "--encoder", "--init", "--epochs", "--steps",
+                 "--tile", "--seed"):
+        assert flag in out

@@ -1,0 +1,125 @@
+"""Headless-QGIS fixtures (pytest-qgis): the plugin under its installed name and fake backends.
+
+The plugin is imported as ``geossl_plugin`` through a symlink to ``plugin/``, exactly as a QGIS
+profile sees it, so relative imports and the symlink-resolving backend discovery are exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from qgis.core import QgsSettings
+
+REPO = Path(__file__).resolve().parents[2]
+sys.dont_write_bytecode = True  # keep __pycache__ out of plugin/ (it would be packaged by a careless zip)
+
+_PLUGINS_DIR = Path(tempfile.mkdtemp(prefix="geossl-test-plugins-"))
+(_PLUGINS_DIR / "geossl_plugin").symlink_to(REPO / "plugin", target_is_directory=True)
+sys.path.insert(0, str(_PLUGINS_DIR))
+
+# What `geossl info --json` printed on the H100 machine, give or take the free memory.
+CUDA_INFO: dict[str, Any] = {
+    "versions": {"geossl": "0.1.0", "torch": "2.14.1+cu130", "numpy": "2.4.6", "python": "3.11.7"},
+    "device": "cuda", "name": "NVIDIA H100 80GB HBM3", "free_memory_mb": 80000, "total_memory_mb": 81559,
+    "methods": ["glcnet", "simclr"],
+}
+CPU_INFO: dict[str, Any] = {
+    "versions": {"geossl": "0.1.0", "torch": "2.14.1"}, "device": "cpu", "name": "CPU", "threads": 2,
+    "methods": ["glcnet", "simclr"],
+}
+# Variables the fake backend reports back, so tests can see what leaked into the child.
+WATCHED_ENV = ("PYTHONPATH", "PYTHONHOME", "PROJ_LIB", "PROJ_DATA", "GDAL_DATA", "QT_PLUGIN_PATH",
+               "QGIS_PREFIX_PATH", "PYQGIS_STARTUP", "GEOSSL_TEST_KEEP", "PYTHONIOENCODING")
+
+_FAKE = '''#!{python}
+"""Fake `geossl` written by the GeoSSL plugin tests."""
+import json, os, sys, time
+if sys.argv[1:] != ["info", "--json"]:
+    sys.stderr.write("fake geossl: unexpected arguments %r\\n" % (sys.argv[1:],))
+    sys.exit(64)
+time.sleep({sleep!r})
+sys.stderr.write({stderr!r})
+stdout = {stdout!r}
+if stdout is None:
+    info = {info!r}
+    info["seen_env"] = {{k: v for k, v in os.environ.items() if k in {watched!r}}}
+    stdout = json.dumps(info) + "\\n"
+sys.stdout.write(stdout)
+sys.exit({exit_code!r})
+'''
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_PLUGINS_DIR, ignore_errors=True)
+
+
+FakeBackend = Callable[..., Path]
+
+
+@pytest.fixture
+def fake_backend(tmp_path: Path) -> FakeBackend:
+    """Factory for executable fake ``geossl`` scripts: JSON on stdout, chosen stderr/exit/delay."""
+    counter = iter(range(1000))
+
+    def make(info: dict[str, Any] | None = None, *, stdout: str | None = None, stderr: str = "",
+             exit_code: int = 0, sleep: float = 0.0) -> Path:
+        folder = tmp_path / f"fake{next(counter)}" / "bin"
+        folder.mkdir(parents=True)
+        script = folder / "geossl"
+        script.write_text(_FAKE.format(python=sys.executable, sleep=sleep, stderr=stderr, stdout=stdout,
+                                       info=json.loads(json.dumps(info or CPU_INFO)), watched=WATCHED_ENV,
+                                       exit_code=exit_code), encoding="utf-8")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        return script
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def clean_geossl_settings() -> Iterator[None]:
+    """Each test starts without saved GeoSSL settings (pytest-qgis keeps one settings file per run)."""
+    QgsSettings().remove("geossl")
+    yield
+    QgsSettings().remove("geossl")
+
+
+@pytest.fixture
+def iface(qgis_iface: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """pytest-qgis's iface, but with docks really docked into its (shown, offscreen) main window.
+
+    The stub's addDockWidget is a no-op, and a dock that is never shown cannot be toggled the way
+    QgsDockWidget toggles in QGIS; every iface call is also recorded (``iface.<name>.mock_calls``).
+    """
+    window = qgis_iface.mainWindow()
+    real = {
+        "addDockWidget": window.addDockWidget, "removeDockWidget": window.removeDockWidget,
+        "addToolBarIcon": None, "removeToolBarIcon": None,
+        "addPluginToRasterMenu": None, "removePluginRasterMenu": None,
+    }
+    for name, side_effect in real.items():
+        monkeypatch.setattr(qgis_iface, name, MagicMock(name=name, side_effect=side_effect))
+    qgis_iface.messageBar().clear_messages()
+    window.show()
+    yield qgis_iface
+    window.hide()
+    qgis_iface.messageBar().clear_messages()
+
+
+@pytest.fixture
+def plugin(iface: Any) -> Iterator[Any]:
+    """The plugin as QGIS creates it: classFactory(iface) then initGui(); unloaded afterwards."""
+    from geossl_plugin import classFactory
+
+    instance = classFactory(iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
