@@ -78,8 +78,19 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
+# BENCH=quick (default, minutes) or BENCH=full (hours on a CPU; use a GPU). Tables: bench/results/.
+BENCH ?= quick
+ifeq ($(BENCH),full)
+FEWLABEL_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
+else
+FEWLABEL_ARGS := --images 6 --seeds 0 1 2 --steps 60 --pretrain-steps 60
+endif
+
 bench: backend
+	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev,bench]'
 	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results
+	$(BACKEND_PY) tests/bench/bench_pretrain.py --out bench/results
+	$(BACKEND_PY) tests/bench/fewlabel.py --out bench/results $(FEWLABEL_ARGS)
 
 package:
 	$(QGIS_PYTHON) resources/package_plugin.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,8 +18,9 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import GeoSSLError
-from .models import ENCODERS
+from .methods import method_names
 from .progress import JsonLinesReporter, TqdmReporter
+from .schemas import ENCODERS
 
 EXIT_USER_ERROR = 2
 
@@ -33,6 +35,34 @@ def _colours(items: Sequence[str] | None) -> dict[str, str] | None:
             raise GeoSSLError(f"--colour '{item}' is not NAME=#rrggbb.", "write e.g. --colour water=#1f78b4.")
         out[name] = colour
     return out
+
+
+def _method_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, true, null), else text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GeoSSLError(f"--method-option '{item}' is not KEY=VALUE.", "write e.g. --method-option temperature=0.2.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
+    from .pretrain import run_pretrain
+    from .schemas import PretrainParams
+
+    params = PretrainParams(
+        rasters=args.raster, out=args.out, method=args.method, method_options=_method_options(args.method_option),
+        encoder=args.encoder, tile=args.tile, batch=args.batch, epochs=args.epochs, steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        workers=args.workers, device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
+    return run_pretrain(params, progress)
 
 
 def _finetune(args: argparse.Namespace, progress) -> dict[str, Any]:
@@ -82,7 +112,14 @@ def _summary(command: str, result: dict[str, Any]) -> str:
     lines: list[str] = []
     for w in result.get("warnings") or []:
         lines.append(f"warning: {w}")
-    if command == "finetune":
+    if command == "pretrain":
+        lines.append(f"Pretrained encoder written to {result['model']} ({result['method']}, {result['steps']} steps, "
+                     f"{result['seconds']} s, {result['device']}"
+                     + (f", {result['world_size']} processes" if result["world_size"] > 1 else "") + ").")
+        if result.get("final_loss") is not None:
+            lines.append(f"Loss {result['first_loss']:.4f} → {result['final_loss']:.4f}; per-step log: {result['log']}")
+        lines.append(f"Fine-tune from it: geossl finetune --init {result['model']} --encoder {result['encoder']} …")
+    elif command == "finetune":
         v = result.get("validation")
         lines.append(f"Model written to {result['model']} ({result['steps']} steps, {result['seconds']} s, "
                      f"{result['device']}).")
@@ -101,6 +138,8 @@ def _summary(command: str, result: dict[str, Any]) -> str:
             lines.append(f"  {name:>16}: F1 {c['f1']:.3f}  IoU {c['iou']:.3f}  support {c['support']}")
         if result.get("metrics_file"):
             lines.append(f"Metrics written to {result['metrics_file']}")
+    elif command == "serve":
+        lines.append("Service stopped.")
     else:
         lines.append(json.dumps(result, indent=2))
     return "\n".join(lines)
@@ -123,6 +162,37 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to compute (default: the GPU when there is one)")
         sp.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
+
+    pt = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rasters",
+                        description="Pretrain DeepLabV3+ on your own unlabeled rasters (no labels needed), then "
+                                    "fine-tune from it with `geossl finetune --init`. Runs under torchrun for "
+                                    "several GPUs/processes (--batch is then the batch over all processes).")
+    pt.add_argument("--raster", action="append", required=True, metavar="R.tif|DIR",
+                    help="unlabeled raster, or a folder of GeoTIFFs (repeat; all with the same bands)")
+    pt.add_argument("--out", required=True, metavar="ENC.pt", help="pretrained checkpoint to write "
+                    "(also ENC.pt.state.pt to resume, ENC.pt.log.jsonl with the loss per step)")
+    pt.add_argument("--method", choices=method_names(), default=method_names()[0],
+                    help=f"self-supervised method (default: {method_names()[0]})")
+    pt.add_argument("--method-option", action="append", metavar="KEY=VALUE",
+                    help="method hyper-parameter, e.g. temperature=0.2 (repeatable)")
+    pt.add_argument("--encoder", choices=ENCODERS, default="resnet18", help="backbone (default: resnet18)")
+    budget = pt.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="epochs of --steps-per-epoch steps (default 20)")
+    budget.add_argument("--steps", type=int, help="total training steps instead of epochs")
+    pt.add_argument("--steps-per-epoch", type=int, default=500, help="steps per epoch (default 500)")
+    pt.add_argument("--tile", type=int, default=256,
+                    help="window size in pixels, multiple of 16; views are 7/8 of it (default 256)")
+    pt.add_argument("--batch", type=int, default=32, help="windows per step (default 32)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine to 0 (default 1e-3)")
+    pt.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay (default 1e-5)")
+    pt.add_argument("--seed", type=int, default=0, help="random seed (saved with the checkpoint)")
+    pt.add_argument("--workers", type=int, default=0, help="parallel data-loading processes")
+    pt.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                    help="write the resume state every N steps (default 500)")
+    pt.add_argument("--resume", action="store_true", help="continue from ENC.pt.state.pt, exactly where it stopped")
+    device(pt)
+    common(pt)
+    pt.set_defaults(run=_pretrain)
 
     ft = sub.add_parser("finetune", help="train a segmentation model from polygons",
                         description="Train DeepLabV3+ from a few polygons. Pixels outside the polygons are "
@@ -183,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--raster", metavar="R.tif")
     common(inf)
     inf.set_defaults(run=_info)
+
+    from .service import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
@@ -205,14 +279,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(args, f"invalid options: {_validation_message(exc)}")
     except KeyboardInterrupt:
-        return _fail(args, "interrupted; no output was written.", code=130)
+        kept = " (the last resume state is kept: repeat the command with --resume)" if args.command == "pretrain" else ""
+        return _fail(args, f"interrupted; no output was written{kept}.", code=130)
     finally:
         if isinstance(reporter, TqdmReporter):
             reporter.close()
-    if args.json:
-        print(json.dumps(result, indent=None, default=str))
-    else:
-        print(_summary(args.command, result))
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports for the whole job
+    try:
+        print(json.dumps(result, indent=None, default=str) if args.json else _summary(args.command, result))
+        sys.stdout.flush()
+    except BrokenPipeError:  # nobody reads any more (`| head`, or QGIS that started us has gone)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

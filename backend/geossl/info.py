@@ -22,8 +22,11 @@ def device_report() -> dict[str, Any]:
 def describe(model: str | None = None, raster: str | None = None) -> dict[str, Any]:
     if model:
         ck = load_checkpoint(model)
-        return {k: v for k, v in ck.items() if k != "state_dict"} | {"parameters": sum(
-            v.numel() for v in ck["state_dict"].values())}
+        tensors = ck.pop("state_dict")
+        if ck.get("kind") == "pretrain-state":  # a resume state: optimiser/RNG internals are not for reading
+            ck.pop("resume", None)
+            return ck
+        return ck | {"parameters": sum(v.numel() for v in tensors.values())}
     if raster:
         info = raster_info(raster).to_dict()
         info["bounds"] = raster_info(raster).bounds

@@ -10,7 +10,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-ENCODERS = ("resnet18", "resnet34", "resnet50")
+from .schemas import ENCODERS
+
+__all__ = ["ENCODERS", "autocast", "build_model", "pick_device", "prepare"]
 
 
 def build_model(encoder: str, in_channels: int, num_classes: int) -> smp.DeepLabV3Plus:

@@ -6,12 +6,11 @@ pipeline functions take them, so an option exists once with one default and one 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .models import ENCODERS
-
+ENCODERS = ("resnet18", "resnet34", "resnet50")  # DeepLabV3+ backbones GeoSSL supports
 Encoder = Literal[ENCODERS]  # type: ignore[valid-type]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -104,3 +103,65 @@ class EvaluateParams(_Params):
         if self.labels is not None and not self.class_field:
             raise ValueError("class_field is required with labels")
         return self
+
+
+def _method_names() -> tuple[str, ...]:
+    from .methods import method_names
+
+    return tuple(method_names())
+
+
+Method = Literal[_method_names()]  # type: ignore[valid-type]
+
+
+def view_size(tile: int) -> int:
+    """Contrastive view size: 7/8 of the tile (the paper's 224 from 256), a multiple of 16, ≥ 32."""
+    return max(32, tile * 7 // 8 // 16 * 16)
+
+
+class PretrainParams(_Params):
+    """Self-supervised pretraining of a DeepLabV3+ on unlabeled rasters."""
+
+    rasters: list[str] = Field(min_length=1, description="Unlabeled rasters or folders of GeoTIFFs (same bands)")
+    out: str = Field(description="Pretrained checkpoint to write (.pt)")
+    method: Method = "glcnet"
+    method_options: dict[str, Any] = Field(default_factory=dict, description="Method hyper-parameters")
+    encoder: Encoder = "resnet18"
+    tile: int = Field(256, ge=64, le=2048, description="Window size; views are 7/8 of it")
+    batch: int = Field(32, ge=2, le=4096, description="Windows per step over all processes")
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
+    steps_per_epoch: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    seed: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=64)
+    device: Device = "auto"
+    amp: bool = True
+    checkpoint_every: int = Field(500, ge=1, description="Steps between resume states")
+    resume: bool = Field(False, description="Continue from <out>.state.pt when it exists")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int) -> int:
+        return _tile_ok(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainParams:
+        if self.epochs is None and self.steps is None:
+            self.epochs = 20
+        from .methods import get_method
+
+        known = get_method(self.method).default_options()
+        unknown = sorted(set(self.method_options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {self.method} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
+
+    @property
+    def view_size(self) -> int:
+        return view_size(self.tile)

@@ -38,7 +38,7 @@ def test_finetune_predict_evaluate_on_sentinel2(tmp_path, capsys):
     raster = S2 / "s2l1c_13band_10m.tif"
     split_gpkg(S2 / "osm_landuse.gpkg", tmp_path / "train.gpkg", tmp_path / "test.gpkg")
     assert main(["finetune", "--raster", str(raster), "--labels", str(tmp_path / "train.gpkg"),
-                 "--class-field", "fclass", "--out", str(tmp_path / "m.pt"), "--steps", "120",
+                 "--class-field", "fclass", "--out", str(tmp_path / "m.pt"), "--steps", "80",
                  "--steps-per-epoch", "40", "--tile", "128", "--batch", "8", "--json"]) == 0
     assert main(["predict", "--model", str(tmp_path / "m.pt"), "--raster", str(raster),
                  "--out", str(tmp_path / "classes.tif"), "--confidence", str(tmp_path / "conf.tif"), "--json"]) == 0

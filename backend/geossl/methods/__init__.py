@@ -1,29 +1,47 @@
 """Registry of self-supervised pretraining methods.
 
-The CLI choices, the API schema and the plugin's method list are all read from :data:`METHODS`, so
+The CLI choices, the API schema and the plugin's method list are all read from this registry, so
 adding a method (BYOL, MoCo v2, ...) is one module subclassing
-:class:`geossl.methods.base.PretrainMethod` plus one entry here.
+:class:`geossl.methods.base.PretrainMethod` plus one entry here. Entries are imported lazily:
+listing the names (``geossl --help``, job schemas) must not pay for importing torch.
 """
 
 from __future__ import annotations
 
-from geossl.methods.base import PretrainMethod
-from geossl.methods.glcnet import GLCNet
-from geossl.methods.simclr import SimCLR
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geossl.methods.base import PretrainMethod
 
 __all__ = ["METHODS", "PretrainMethod", "get_method", "method_names"]
 
-METHODS: dict[str, type[PretrainMethod]] = {cls.name: cls for cls in (GLCNet, SimCLR)}
+_REGISTRY: dict[str, str] = {  # name -> "module:Class"; the first is the default
+    "glcnet": "geossl.methods.glcnet:GLCNet",
+    "simclr": "geossl.methods.simclr:SimCLR",
+}
 
 
 def method_names() -> list[str]:
     """Registered method names, the default (GLCNet) first."""
-    return list(METHODS)
+    return list(_REGISTRY)
 
 
 def get_method(name: str) -> type[PretrainMethod]:
     """Method class for ``name`` (case-insensitive); ValueError listing the choices otherwise."""
     try:
-        return METHODS[name.lower()]
+        module, cls = _REGISTRY[name.lower()].split(":")
     except KeyError:
-        raise ValueError(f"unknown pretraining method {name!r}; choose from {', '.join(METHODS)}") from None
+        raise ValueError(f"unknown pretraining method {name!r}; choose from {', '.join(_REGISTRY)}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS`` and ``PretrainMethod`` on first use (PEP 562), importing torch only then."""
+    if name == "METHODS":
+        return {n: get_method(n) for n in _REGISTRY}
+    if name == "PretrainMethod":
+        from geossl.methods.base import PretrainMethod
+
+        return PretrainMethod
+    raise AttributeError(name)

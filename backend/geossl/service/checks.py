@@ -1,0 +1,234 @@
+"""Submit-time checks: refuse a job before anything runs, in the pipeline's own words.
+
+The pipeline functions already check their inputs at the start of a run, but a queued job may
+start an hour later; here the same checks (``raster_io``, ``labels``, ``checkpoint``) run when the
+job is submitted, so the panel can show "no field 'landuse'" at once. An input that an earlier,
+still active job is going to write (fine-tune → predict → evaluate submitted together) cannot be
+checked yet: the job then waits for that job (``depends_on``) and the run checks it.
+
+Also the service's file policy: it writes only the output paths it is given, never into its own
+code, its virtual environment or its data folder's internals.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..errors import GeoSSLError
+from ..raster_io import RasterInfo, check_output_path, check_training_rasters, raster_info
+
+# Fields holding paths a job reads, per job type: any of them may be another job's output.
+INPUT_FIELDS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("rasters",),
+    "finetune": ("rasters", "labels", "init"),
+    "predict": ("model", "raster"),
+    "evaluate": ("prediction", "reference", "labels"),
+}
+
+
+def resolve(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _paths(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def job_inputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
+    return [resolve(p) for f in INPUT_FIELDS.get(job_type, ()) for p in _paths(params.get(f))]
+
+
+def _pretrain_sidecars(out: str) -> list[Path]:
+    """The resume state and loss log that pretraining writes beside its checkpoint."""
+    try:
+        mod = importlib.import_module("geossl.pretrain")
+    except ImportError:
+        mod = None
+    state = getattr(mod, "state_path", lambda o: Path(f"{o}.state.pt"))
+    log = getattr(mod, "log_path", lambda o: Path(f"{o}.log.jsonl"))
+    return [Path(state(out)), Path(log(out))]
+
+
+def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
+    """Every file a job writes: for conflicts between jobs and for cleaning up after a cancel."""
+    out = params.get("out")
+    paths: list[str | Path] = [out] if out else []
+    if job_type == "predict":
+        paths += [p for p in (params.get("confidence"), Path(out).with_suffix(".qml")) if p]
+    elif job_type == "pretrain" and out:
+        paths += _pretrain_sidecars(out)
+    return [resolve(p) for p in paths]
+
+
+class OutputPolicy:
+    """Where the service may write: anywhere writable except its code, its venv and its own files."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import geossl
+
+        package = Path(geossl.__file__).resolve().parent
+        self.forbidden: list[tuple[Path, str]] = [
+            (package, "the GeoSSL backend's code"),
+            (Path(sys.prefix).resolve(), "the backend's Python environment"),
+            (Path(sys.exec_prefix).resolve(), "the backend's Python environment"),
+            (data_dir.resolve(), "the service's data folder"),
+        ]
+        if (package.parent / "pyproject.toml").is_file():  # a source checkout: backend/ with .venv inside
+            self.forbidden.append((package.parent, "the GeoSSL backend's source folder"))
+        self.allowed = [data_dir.resolve() / "models", data_dir.resolve() / "outputs"]
+
+    def check(self, path: str | Path) -> Path:
+        """The resolved output path, or a GeoSSLError saying why it cannot be written."""
+        p = check_output_path(path).resolve()
+        if any(p.is_relative_to(a) for a in self.allowed):
+            return p
+        for root, what in self.forbidden:
+            if p.is_relative_to(root):
+                raise GeoSSLError(f"Output '{p}' is inside {what} ('{root}'), where the service never writes.",
+                                  "choose an output file in a folder of your own.")
+        return p
+
+
+@dataclass
+class Plan:
+    """What a checked job reads and writes, and which active jobs it must wait for."""
+
+    outputs: list[Path]
+    inputs: list[Path]
+    depends_on: list[str] = field(default_factory=list)
+
+
+def check_job(job_type: str, params: BaseModel, policy: OutputPolicy,
+              pending: Mapping[Path, str], own_id: str | None = None) -> Plan:
+    """Check ``params`` like the run will; ``pending`` maps outputs of active jobs to their ids."""
+    data = params.model_dump()
+    outputs = job_outputs(job_type, data)
+    inputs = job_inputs(job_type, data)
+    for out in outputs:
+        writer = pending.get(out)
+        if writer is not None and writer != own_id:
+            raise GeoSSLError(f"Job {writer} is already going to write '{out}'.",
+                              "wait for it to finish, cancel it, or choose another output file.")
+        if out in inputs:
+            raise GeoSSLError(f"'{out}' is both an input and an output of this job.",
+                              "write the result to another file.")
+    waits = {pending[p] for p in inputs if p in pending and pending[p] != own_id}
+    ready = {p for p in inputs if p not in pending}
+
+    def later(path: str | None) -> bool:
+        """True when ``path`` is written by an active job and can only be checked when that is done."""
+        return path is not None and resolve(path) not in ready
+
+    checker = _CHECKERS.get(job_type)
+    if checker is not None:
+        checker(params, policy, later)
+    elif "out" in data:
+        policy.check(data["out"])
+    return Plan(outputs=outputs, inputs=inputs, depends_on=sorted(waits))
+
+
+# --- per job type ---------------------------------------------------------------------------------
+
+
+def _check_finetune(p: Any, policy: OutputPolicy, later: Any) -> None:
+    from ..checkpoint import load_checkpoint
+    from ..labels import load_label_polygons, read_vector
+
+    policy.check(p.out)
+    infos: list[RasterInfo] | None = None
+    if not any(later(r) for r in p.rasters):
+        infos = check_training_rasters(p.rasters)
+        load_label_polygons(p.labels, p.class_field, infos, colours=p.colours, layer=p.layer)
+    else:
+        read_vector(p.labels, p.class_field, p.layer)
+    if p.init and not later(p.init):
+        ck = load_checkpoint(p.init, "pretrained")
+        if ck.get("encoder") != p.encoder:
+            raise GeoSSLError(
+                f"The pretrained checkpoint has encoder {ck.get('encoder')}, but fine-tuning asks for {p.encoder}.",
+                f"use encoder {ck.get('encoder')} or pretrain a {p.encoder}.")
+        if infos and int(ck.get("in_channels", -1)) != infos[0].count:
+            raise GeoSSLError(
+                f"The pretrained checkpoint expects {ck.get('in_channels')} bands, the raster has {infos[0].count}.",
+                "fine-tune on rasters with the bands the encoder was pretrained on.")
+
+
+def _check_predict(p: Any, policy: OutputPolicy, later: Any) -> None:
+    from ..checkpoint import load_checkpoint
+
+    out = policy.check(p.out)
+    policy.check(out.with_suffix(".qml"))
+    if p.confidence:
+        if resolve(p.confidence) == out:
+            raise GeoSSLError("The confidence raster and the classified raster are the same file.",
+                              "give the confidence raster its own name.")
+        policy.check(p.confidence)
+    info = None if later(p.raster) else raster_info(p.raster)
+    tile = p.tile
+    if not later(p.model):
+        ck = load_checkpoint(p.model, "segmentation")
+        tile = tile or int(ck.get("tile", 256))
+        if info is not None and info.count != int(ck["in_channels"]):
+            raise GeoSSLError(
+                f"The model expects {ck['in_channels']} bands but '{Path(p.raster).name}' has {info.count}.",
+                "predict on a raster with the same bands as the training rasters.")
+    if tile and p.overlap is not None and p.overlap >= tile:
+        raise GeoSSLError(f"Overlap {p.overlap} must be smaller than the tile ({tile}).", "lower the overlap.")
+
+
+def _check_evaluate(p: Any, policy: OutputPolicy, later: Any) -> None:
+    import numpy as np
+
+    from ..labels import load_label_polygons, read_vector
+    from ..predict import read_class_table
+
+    if p.out:
+        policy.check(p.out)
+    table = pred = None
+    if not later(p.prediction):
+        pred = raster_info(p.prediction)
+        table = read_class_table(p.prediction)
+        if table is None:
+            raise GeoSSLError(f"'{Path(p.prediction).name}' carries no GeoSSL class table.",
+                              "evaluate a map written by `geossl predict`.")
+    if p.reference and not later(p.reference):
+        ref = raster_info(p.reference)
+        if pred is not None and ((ref.width, ref.height) != (pred.width, pred.height)
+                                 or not np.allclose(ref.transform, pred.transform)):
+            raise GeoSSLError(
+                "The reference raster is not on the prediction's grid (size or transform differ).",
+                "resample the reference onto the prediction (gdalwarp -te … -tr …) first.")
+    if p.labels:
+        if pred is not None:
+            load_label_polygons(p.labels, p.class_field, [pred], table=table, layer=p.layer)
+        else:
+            read_vector(p.labels, p.class_field, p.layer)
+
+
+def _check_pretrain(p: Any, policy: OutputPolicy, later: Any) -> None:
+    policy.check(p.out)
+    rasters = [r for r in p.rasters if not later(r)]
+    if not rasters:
+        return
+    try:
+        mod = importlib.import_module("geossl.pretrain")
+    except ImportError:
+        mod = None
+    expand, check = getattr(mod, "expand_rasters", None), getattr(mod, "check_rasters", None)
+    if expand is not None and check is not None:  # folders of GeoTIFFs allowed, no CRS needed
+        check(expand(rasters))
+    else:
+        check_training_rasters(rasters)
+
+
+_CHECKERS = {"finetune": _check_finetune, "predict": _check_predict, "evaluate": _check_evaluate,
+             "pretrain": _check_pretrain}

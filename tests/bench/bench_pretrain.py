@@ -1,0 +1,183 @@
+"""Benchmark: pretraining step time of GLCNet vs SimCLR at the same batch and tile, and where it goes.
+
+Runs the real loop (``geossl.pretrain.run_pretrain``) for each method and reads its per-step log
+(step time, time blocked on the data loader), while timing the batch augmentation and GLCNet's
+region matching inside the step (the methods' ``augment`` / ``sample_regions`` wrapped with timers,
+synchronised on CUDA). Warm-up steps are dropped. Not part of ``make test``.
+
+    backend/.venv/bin/python tests/bench/bench_pretrain.py --raster R.tif --batch 8 --tile 128 --steps 10
+
+Prints a markdown table; writes ``pretrain.json`` and ``pretrain.md`` (machine, versions, date) to
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "backend"))
+
+from geossl.checkpoint import versions  # noqa: E402
+from geossl.methods import glcnet, method_names, simclr  # noqa: E402
+from geossl.pretrain import log_path, run_pretrain  # noqa: E402
+from geossl.schemas import PretrainParams  # noqa: E402
+
+S2 = ROOT.parent / "shared" / "data" / "sentinel2_brandenburg" / "s2l1c_13band_10m.tif"
+
+
+class Timer:
+    """Accumulates the time spent in wrapped functions during the current step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    def wrap(self, fn: Callable) -> Callable:
+        def timed(*args: Any, **kw: Any) -> Any:
+            self._sync()
+            t = time.perf_counter()
+            out = fn(*args, **kw)
+            self._sync()
+            self.seconds += time.perf_counter() - t
+            return out
+
+        return timed
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def take(self) -> float:
+        s, self.seconds = self.seconds, 0.0
+        return s
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    out = {"cpu": cpu, "cores": torch.get_num_threads(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def bench(method: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    aug, regions = Timer(device), Timer(device)
+    module = {"glcnet": glcnet, "simclr": simclr}[method]
+    saved = {"augment": module.augment, "sample_regions": getattr(module, "sample_regions", None)}
+    module.augment = aug.wrap(saved["augment"])
+    if saved["sample_regions"] is not None:
+        module.sample_regions = regions.wrap(saved["sample_regions"])
+    per_step: list[tuple[float, float]] = []
+    try:
+        out = folder / f"{method}.pt"
+        params = PretrainParams(rasters=args.raster, out=str(out), method=method, encoder=args.encoder,
+                                tile=args.tile, batch=args.batch, steps=args.warmup + args.steps,
+                                workers=args.workers, device=args.device, seed=0,
+                                checkpoint_every=10**9)
+
+        def on_event(ev: Any) -> None:
+            if ev.loss is not None:
+                per_step.append((aug.take(), regions.take()))
+
+        run_pretrain(params, on_event)
+        log = [json.loads(ln) for ln in log_path(out).read_text().splitlines()]
+    finally:
+        module.augment = saved["augment"]
+        if saved["sample_regions"] is not None:
+            module.sample_regions = saved["sample_regions"]
+    keep = slice(args.warmup, None)
+    step = [r["step_s"] for r in log][keep]
+    wait = [r["data_wait_s"] for r in log][keep]
+    augs = [a for a, _ in per_step][keep]
+    regs = [r for _, r in per_step][keep]
+    mean_step = statistics.mean(step)
+    return {
+        "method": method,
+        "steps_timed": len(step),
+        "step_s_mean": mean_step,
+        "step_s_median": statistics.median(step),
+        "samples_per_s": args.batch / mean_step,
+        "data_wait_s": statistics.mean(wait),
+        "augment_s": statistics.mean(augs),
+        "regions_s": statistics.mean(regs),
+        "data_share": statistics.mean(wait) / mean_step,
+        "augment_share": statistics.mean(augs) / mean_step,
+        "regions_share": statistics.mean(regs) / mean_step,
+        "final_loss": log[-1]["loss"],
+        "device": str(device),
+    }
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    cfg = meta["config"]
+    head = (f"Pretraining step time, {cfg['encoder']} DeepLabV3+, batch {cfg['batch']}, tile {cfg['tile']} "
+            f"(views {cfg['tile'] * 7 // 8 // 16 * 16}), workers {cfg['workers']}, {cfg['steps']} steps after "
+            f"{cfg['warmup']} warm-up, on {meta['machine']['cpu']}"
+            f"{' / ' + meta['machine']['gpu'] if 'gpu' in meta['machine'] else ''} ({meta['date']}).\n\n")
+    lines = ["| method | step (s, mean) | step (s, median) | samples/s | data wait (s) | data share | "
+             "augment (s) | augment share | regions (s) | regions share |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['step_s_mean']:.3f} | {r['step_s_median']:.3f} | "
+                     f"{r['samples_per_s']:.2f} | {r['data_wait_s']:.3f} | {r['data_share']:.1%} | "
+                     f"{r['augment_s']:.3f} | {r['augment_share']:.1%} | {r['regions_s']:.3f} | "
+                     f"{r['regions_share']:.1%} |")
+    foot = ("\n\nData share: time blocked on the data loader (window reads + normalisation; everything, "
+            "with 0 workers) over the whole step. Augment: both views' augmentation, on the training "
+            "device inside the step. Regions: GLCNet's region selection and matching.\n")
+    return head + "\n".join(lines) + foot
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--raster", action="append", help=f"raster(s) or folder (default: {S2})")
+    p.add_argument("--methods", nargs="+", default=method_names(), choices=method_names())
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tile", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default="bench/results", help="folder for pretrain.json / pretrain.md")
+    args = p.parse_args()
+    args.raster = args.raster or [str(S2)]
+    if not all(Path(r).exists() for r in args.raster):
+        print(f"raster not found: {args.raster}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [bench(m, args, Path(tmp)) for m in args.methods]
+    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+            "versions": versions(), "rasters": args.raster,
+            "config": {k: getattr(args, k) for k in ("encoder", "batch", "tile", "steps", "warmup", "workers")}}
+    table = markdown(rows, meta)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrain.json").write_text(json.dumps({**meta, "results": rows}, indent=2))
+    (out / "pretrain.md").write_text(table)
+    print(f"written: {out / 'pretrain.json'}, {out / 'pretrain.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
