@@ -142,6 +142,13 @@ def backend_environment(base: QProcessEnvironment | None = None) -> QProcessEnvi
     return env
 
 
+def backend_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The same cleaning for ``subprocess`` (Processing algorithms start the backend without Qt)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not _is_qgis_only(k)}
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
 # --- reading the answer --------------------------------------------------------------------------
 
 def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
@@ -169,16 +176,23 @@ def parse_info(stdout: str, path: str) -> BackendInfo:
     if data is None:
         raise BackendError(f"{path} did not answer 'info --json' with JSON; is it really the GeoSSL backend?",
                            details=_tail(stdout) or "(no output)")
+    return info_from_dict(data, path, details=_tail(stdout))
+
+
+def info_from_dict(data: dict[str, Any], path: str, details: str = "") -> BackendInfo:
+    """BackendInfo from the info object (``geossl info --json`` or the service's ``GET /info``)."""
     if "error" in data and "device" not in data:
         raise BackendError(f"Backend error: {data['error']}")
     versions = data.get("versions")
     if not isinstance(versions, dict) or "geossl" not in versions or "device" not in data:
         raise BackendError(f"{path} answered without the 'versions.geossl' and 'device' fields; "
-                           "the backend may be too old or not GeoSSL.", details=_tail(stdout))
+                           "the backend may be too old or not GeoSSL.", details=details)
     methods = data.get("methods") or ()
+    # `geossl info` puts the device fields at the top level; the service's /info nests them.
+    device = data["device"] if isinstance(data["device"], dict) else data
     return BackendInfo(
-        path=path, version=str(versions["geossl"]), device=str(data["device"]),
-        device_name=str(data.get("name") or ""), torch_version=str(versions.get("torch") or ""),
+        path=path, version=str(versions["geossl"]), device=str(device.get("device") or "?"),
+        device_name=str(device.get("name") or ""), torch_version=str(versions.get("torch") or ""),
         methods=tuple(str(m) for m in methods) if isinstance(methods, list) else (), raw=data,
     )
 

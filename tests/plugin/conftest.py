@@ -41,21 +41,85 @@ WATCHED_ENV = ("PYTHONPATH", "PYTHONHOME", "PROJ_LIB", "PROJ_DATA", "GDAL_DATA",
                "QGIS_PREFIX_PATH", "PYQGIS_STARTUP", "GEOSSL_TEST_KEEP", "PYTHONIOENCODING")
 
 _FAKE = '''#!{python}
-"""Fake `geossl` written by the GeoSSL plugin tests."""
-import json, os, sys, time
-if sys.argv[1:] != ["info", "--json"]:
-    sys.stderr.write("fake geossl: unexpected arguments %r\\n" % (sys.argv[1:],))
-    sys.exit(64)
+\"\"\"Fake `geossl` written by the GeoSSL plugin tests: `info --json`, and `serve` as a tiny HTTP service.\"\"\"
+import json, os, signal, sys, time
 time.sleep({sleep!r})
 sys.stderr.write({stderr!r})
+sys.stderr.flush()
 stdout = {stdout!r}
-if stdout is None:
-    info = {info!r}
-    info["seen_env"] = {{k: v for k, v in os.environ.items() if k in {watched!r}}}
-    stdout = json.dumps(info) + "\\n"
-sys.stdout.write(stdout)
-sys.exit({exit_code!r})
+info = {info!r}
+info["seen_env"] = {{k: v for k, v in os.environ.items() if k in {watched!r}}}
+if sys.argv[1:] == ["info", "--json"]:
+    sys.stdout.write(stdout if stdout is not None else json.dumps(info) + "\\n")
+    sys.exit({exit_code!r})
+if sys.argv[1:2] != ["serve"] or {exit_code!r} != 0:
+    if sys.argv[1:2] != ["serve"]:
+        sys.stderr.write("fake geossl: unexpected arguments %r\\n" % (sys.argv[1:],))
+    sys.exit({exit_code!r} or 64)
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+data_dir = args["--data-dir"]
+TOKEN = "fake-token"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def _send(self, status, body):
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self):
+        if self.path == "/health":
+            return self._send(200, {{"status": "ok"}})
+        if self.headers.get("Authorization") != "Bearer " + TOKEN:
+            return self._send(401, {{"detail": "missing or wrong token"}})
+        if self.path == "/info":
+            return self._send(200, info)
+        if self.path == "/models":
+            return self._send(200, [])
+        if self.path == "/jobs":
+            return self._send(200, [])
+        return self._send(404, {{"detail": "Not Found"}})
+
+
+server = ThreadingHTTPServer((args.get("--host", "127.0.0.1"), int(args.get("--port", "0"))), Handler)
+discovery = os.path.join(data_dir, "service.json")
+
+
+def bye(*_):
+    try:
+        os.remove(discovery)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, bye)
+os.makedirs(data_dir, exist_ok=True)
+with open(discovery + ".tmp", "w") as f:
+    json.dump({{"url": "http://127.0.0.1:%d" % server.server_address[1], "token": TOKEN, "pid": os.getpid()}}, f)
+os.replace(discovery + ".tmp", discovery)
+server.serve_forever()
 '''
+
+
+def dispose(obj: Any) -> None:
+    """Delete a layer (or any QObject) the test still owns, now.
+
+    Fixture values linger in reference cycles until the garbage collector runs; a layer that
+    outlives QgsApplication.exitQgis() crashes the interpreter at exit. Layers a project owns
+    (added with addMapLayer) are deleted by the project instead.
+    """
+    from qgis.PyQt import sip
+
+    if not sip.isdeleted(obj) and sip.ispyowned(obj):
+        sip.delete(obj)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -90,6 +154,16 @@ def clean_geossl_settings() -> Iterator[None]:
     QgsSettings().remove("geossl")
     yield
     QgsSettings().remove("geossl")
+
+
+@pytest.fixture(autouse=True)
+def geossl_data_dir(clean_geossl_settings: None, tmp_path: Path) -> Path:
+    """The local service's data folder (discovery file, job outputs): per test, never the real profile."""
+    from geossl_plugin.connection import DATA_DIR_KEY
+
+    folder = tmp_path / "geossl-data"
+    QgsSettings().setValue(DATA_DIR_KEY, str(folder))
+    return folder
 
 
 @pytest.fixture

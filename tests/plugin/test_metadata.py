@@ -42,7 +42,7 @@ def test_values(meta: configparser.SectionProxy) -> None:
     assert meta["category"] == "Raster"
     assert meta["icon"] == "icon.svg"
     assert meta.getboolean("experimental") is True
-    assert meta["hasProcessingProvider"] == "no"
+    assert meta["hasProcessingProvider"] == "yes"
     assert meta["license"] == "GPL-2.0-or-later"
     assert len(meta["about"].splitlines()) > 1, "about is the long, multi-line text"
     assert "\n" not in meta["description"], "description is one line"

@@ -50,8 +50,9 @@ def test_zip_has_the_plugin_folder_with_real_files_and_no_junk(checkout: Path, t
         expected_py = sorted(f"{PACKAGE}/{p.relative_to(REPO / 'plugin').as_posix()}"
                              for p in (REPO / "plugin").rglob("*.py") if "__pycache__" not in p.parts)
         assert sorted(n for n in names if n.endswith(".py")) == expected_py
-        assert sorted(n for n in names if not n.endswith(".py")) == [
-            f"{PACKAGE}/LICENSE", f"{PACKAGE}/icon.svg", f"{PACKAGE}/metadata.txt"]
+        docs = [f"{PACKAGE}/{p.name}" for p in (REPO / "plugin").glob("*.md")]  # plugin/README.md, if kept
+        assert sorted(n for n in names if not n.endswith(".py")) == sorted([
+            f"{PACKAGE}/LICENSE", f"{PACKAGE}/icon.svg", f"{PACKAGE}/metadata.txt", *docs])
         assert zf.read(f"{PACKAGE}/metadata.txt") == (REPO / "metadata.txt").read_bytes()
         assert zf.read(f"{PACKAGE}/icon.svg") == (REPO / "resources" / "icon.svg").read_bytes()
         for entry in zf.infolist():

@@ -47,8 +47,8 @@ def test_action_opens_and_closes_the_dock(plugin: Any, fake_backend: Any, qtbot:
     dock = plugin.dock
     assert isinstance(dock, GeoSSLDock)
     assert not dock.isHidden() and plugin.action.isChecked()
-    with qtbot.waitSignal(dock.backend_section.checked, timeout=10_000):
-        pass  # opening the dock checks the backend once, asynchronously
+    with qtbot.waitSignal(dock.backend_section.connected, timeout=10_000):
+        pass  # opening the dock starts the backend once, asynchronously
 
     plugin.action.trigger()
     assert dock.isHidden() and not plugin.action.isChecked()
@@ -68,7 +68,7 @@ def test_unload_removes_action_menu_and_dock(iface: Any, fake_backend: Any, qtbo
     action = instance.action
     dock = instance.show_dock()
     iface.addDockWidget.assert_called_once()
-    qtbot.waitSignal(dock.backend_section.checked, timeout=10_000).wait()
+    qtbot.waitSignal(dock.backend_section.connected, timeout=10_000).wait()
 
     instance.unload()
     _flush_deletes()
@@ -89,19 +89,53 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch the child")
-def test_unload_during_a_check_kills_the_backend(plugin: Any, fake_backend: Any, qtbot: Any) -> None:
+def test_unload_while_the_backend_starts_kills_it(plugin: Any, fake_backend: Any, qtbot: Any) -> None:
     from geossl_plugin.backend import save_backend_path
 
     save_backend_path(str(fake_backend(CPU_INFO, sleep=60)))
-    dock = plugin.show_dock()
-    probe = dock.backend_section._probe
-    assert probe is not None and probe.is_running()
-    qtbot.waitUntil(lambda: probe._process.processId() > 0, timeout=5_000)
-    pid = probe._process.processId()
+    dock = plugin.show_dock()  # autostart: the service is starting
+    service = dock.backend_section.service()
+    assert service is not None and service.is_running()
+    qtbot.waitUntil(lambda: (service.pid() or 0) > 0, timeout=5_000)
+    pid = service.pid()
     assert _alive(pid)
 
     plugin.unload()
-    qtbot.waitUntil(lambda: not _alive(pid), timeout=5_000)
+    qtbot.waitUntil(lambda: not _alive(pid), timeout=10_000)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch the child")
+def test_unload_stops_a_connected_local_backend(plugin: Any, fake_backend: Any, qtbot: Any) -> None:
+    from geossl_plugin.backend import save_backend_path
+
+    save_backend_path(str(fake_backend(CPU_INFO)))
+    dock = plugin.show_dock()
+    qtbot.waitSignal(dock.backend_section.connected, timeout=10_000).wait()
+    pid = dock.backend_section.service().pid()
+    plugin.unload()
+    qtbot.waitUntil(lambda: not _alive(pid), timeout=10_000)
+
+
+def test_no_autostart_leaves_the_backend_alone(plugin: Any, fake_backend: Any) -> None:
+    from geossl_plugin import connection
+    from geossl_plugin.backend import save_backend_path
+
+    save_backend_path(str(fake_backend(CPU_INFO)))
+    connection.set_autostart(False)
+    dock = plugin.show_dock()
+    assert dock.backend_section.service() is None
+    assert dock.backend_section.connect_button.isEnabled()
+
+
+def test_the_processing_provider_is_registered_and_removed(plugin: Any) -> None:
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("geossl") is plugin.provider
+    ids = {a.id() for a in plugin.provider.algorithms()}
+    assert ids == {"geossl:finetune", "geossl:segment", "geossl:evaluate", "geossl:pretrain"}
+    plugin.unload()
+    assert registry.providerById("geossl") is None
 
 
 def test_qgis_plugin_loader_finds_and_starts_the_plugin(qgis_iface: Any, monkeypatch: pytest.MonkeyPatch) -> None:

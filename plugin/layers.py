@@ -1,0 +1,221 @@
+"""QGIS layers ↔ what the backend needs: file paths, class colours, and styled result layers.
+
+The backend reads files, not QGIS layers, so every layer handed to it must be a saved file; this
+module says clearly when one is not. Everything here is a plain function (no network, no widgets),
+so it is tested directly against real QGIS layers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsColorRampShader,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsStyle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+GROUP_NAME = "GeoSSL"
+CONFIDENCE_RAMP = "Viridis"
+
+
+class LayerError(Exception):
+    """A layer cannot be given to the backend as it is; the message says what to do."""
+
+
+class UnsavedEditsError(LayerError):
+    """The layer has edits that are not saved yet: the backend would read the old file."""
+
+    def __init__(self, layer: QgsVectorLayer) -> None:
+        super().__init__(f"Layer '{layer.name()}' has unsaved edits: save them (Toggle Editing ▸ Save) "
+                         "so the backend reads the polygons you see.")
+        self.layer = layer
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A model's classes as the backend describes them: pixel value, name and colour per class."""
+
+    names: tuple[str, ...]
+    values: tuple[int, ...]
+    colors: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassInfo:
+        """From the backend's class table ``{"names": [...], "values": [...], "colors": [...]}``."""
+        names = tuple(str(n) for n in data["names"])
+        values = tuple(int(v) for v in data.get("values") or range(1, len(names) + 1))
+        colors = tuple(str(c) for c in data.get("colors") or ("#888888",) * len(names))
+        if not len(names) == len(values) == len(colors):
+            raise ValueError("class names, values and colours differ in length")
+        return cls(names, values, colors)
+
+
+# --- file paths ---------------------------------------------------------------------------------
+
+def _decoded(layer: QgsMapLayer) -> dict[str, Any]:
+    return QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()) or {}
+
+
+def raster_path(layer: QgsRasterLayer) -> str:
+    """The file behind a raster layer, or LayerError if the backend cannot read it as a file."""
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        raise LayerError(f"'{layer.name() if layer else '?'}' is not a valid raster layer.")
+    path = str(_decoded(layer).get("path") or "")
+    if layer.providerType() != "gdal" or not path or not os.path.isfile(path):
+        raise LayerError(f"Raster layer '{layer.name()}' is not a local file (it comes from "
+                         f"'{layer.providerType()}'): export it as a GeoTIFF (right-click ▸ Export ▸ "
+                         "Save As…) and use that layer.")
+    return path
+
+
+def polygon_source(layer: QgsVectorLayer) -> tuple[str, str | None]:
+    """(file, layer name inside the file or None) of a saved polygon layer, else LayerError.
+
+    A memory ("scratch") layer or one with unsaved edits would leave the backend reading nothing,
+    or an older version of the polygons, so both are refused with what to do about it.
+    """
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        raise LayerError(f"'{layer.name() if layer else '?'}' is not a valid vector layer.")
+    if layer.providerType() == "memory":
+        raise LayerError(f"Layer '{layer.name()}' is a temporary scratch layer: save it to a file first "
+                         "(right-click ▸ Make Permanent…, e.g. as a GeoPackage).")
+    if layer.isEditable() and layer.isModified():
+        raise UnsavedEditsError(layer)
+    parts = _decoded(layer)
+    path = str(parts.get("path") or "")
+    if layer.providerType() != "ogr" or not path or not os.path.isfile(path):
+        raise LayerError(f"Layer '{layer.name()}' is not a local file (it comes from "
+                         f"'{layer.providerType()}'): save it as a GeoPackage first.")
+    if layer.subsetString():
+        raise LayerError(f"Layer '{layer.name()}' has a filter ({layer.subsetString()}) that the backend "
+                         "would not apply: remove the filter, or export the filtered features to a file.")
+    name = parts.get("layerName") or None
+    return path, (str(name) if name else None)
+
+
+# --- class colours ------------------------------------------------------------------------------
+
+def _class_key(value: Any) -> str:
+    """A category value as the backend names classes: integer codes without ".0", text as is."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _unquoted(expression: str) -> str:
+    expression = expression.strip()
+    if len(expression) >= 2 and expression[0] == expression[-1] == '"':
+        return expression[1:-1].replace('""', '"')
+    return expression
+
+
+def categorized_field(layer: QgsVectorLayer) -> str | None:
+    """The field a layer's categorized renderer classifies by (None for other renderers/expressions)."""
+    renderer = layer.renderer() if isinstance(layer, QgsVectorLayer) else None
+    if not isinstance(renderer, QgsCategorizedSymbolRenderer):
+        return None
+    name = _unquoted(renderer.classAttribute())
+    return name if layer.fields().indexOf(name) >= 0 else None
+
+
+def class_colours(layer: QgsVectorLayer, field: str) -> dict[str, str]:
+    """Class → ``#rrggbb`` from the layer's categorized renderer when it classifies by ``field``.
+
+    The user already chose colours when styling the polygons; the map should use the same ones.
+    Returns {} for any other renderer, another field, or the "all other values" category.
+    """
+    if categorized_field(layer) != field:
+        return {}
+    colours: dict[str, str] = {}
+    for category in layer.renderer().categories():
+        value = category.value()
+        if value is None or value == "" or category.symbol() is None:
+            continue
+        colours[_class_key(value)] = category.symbol().color().name()
+    return colours
+
+
+# --- result layers ------------------------------------------------------------------------------
+
+def paletted_renderer(layer: QgsRasterLayer, classes: ClassInfo) -> QgsPalettedRasterRenderer:
+    """One palette entry per class, labelled with its name (nodata stays transparent)."""
+    entries = [QgsPalettedRasterRenderer.Class(float(v), QColor(c), n)
+               for n, v, c in zip(classes.names, classes.values, classes.colors, strict=True)]
+    return QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries)
+
+
+def confidence_renderer(layer: QgsRasterLayer, ramp_name: str = CONFIDENCE_RAMP) -> QgsSingleBandPseudoColorRenderer:
+    """A fixed 0–1 ramp, so that two confidence maps are coloured alike and comparable by eye."""
+    ramp = QgsStyle.defaultStyle().colorRamp(ramp_name)
+    shader_function = QgsColorRampShader(0.0, 1.0)
+    shader_function.setColorRampType(QgsColorRampShader.Interpolated)
+    if ramp is not None:
+        shader_function.setSourceColorRamp(ramp)
+        shader_function.classifyColorRamp(5, -1)  # evenly spaced stops from min to max
+    else:
+        shader_function.setColorRampItemList([QgsColorRampShader.ColorRampItem(0.0, QColor("#000000"), "0"),
+                                              QgsColorRampShader.ColorRampItem(1.0, QColor("#ffffff"), "1")])
+    shader = QgsRasterShader(0.0, 1.0)
+    shader.setRasterShaderFunction(shader_function)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    return renderer
+
+
+def result_group(project: QgsProject, name: str = GROUP_NAME) -> QgsLayerTreeGroup:
+    """The project's "GeoSSL" group, created at the top of the layer tree when missing."""
+    root = project.layerTreeRoot()
+    return root.findGroup(name) or root.insertGroup(0, name)
+
+
+def add_result_layers(classes_path: str, classes: ClassInfo | None, confidence_path: str | None = None,
+                      name: str = "GeoSSL classes", project: QgsProject | None = None,
+                      ) -> tuple[QgsRasterLayer, QgsRasterLayer | None]:
+    """Add a predicted map (paletted with the model's colours) and its confidence (ramp, hidden).
+
+    Loading the GeoTIFF already applies the ``.qml`` the backend wrote beside it; the renderer is
+    still set here so the colours are right even when the style file is missing or outdated.
+    """
+    project = project or QgsProject.instance()
+    layer = QgsRasterLayer(classes_path, name, "gdal")
+    if not layer.isValid():
+        raise LayerError(f"QGIS cannot open the result {classes_path}.")
+    if classes is not None:
+        layer.setRenderer(paletted_renderer(layer, classes))
+    confidence = None
+    if confidence_path:
+        confidence = QgsRasterLayer(confidence_path, f"{name} – confidence", "gdal")
+        if not confidence.isValid():
+            raise LayerError(f"QGIS cannot open the confidence raster {confidence_path}.")
+        confidence.setRenderer(confidence_renderer(confidence))
+    group = result_group(project)
+    project.addMapLayer(layer, False)
+    if confidence is not None:
+        project.addMapLayer(confidence, False)
+        group.insertLayer(0, confidence).setItemVisibilityChecked(False)
+    group.insertLayer(0, layer)
+    return layer, confidence
+
+
+def palette_of(layer: QgsRasterLayer) -> dict[int, tuple[str, str]]:
+    """value → (label, #rrggbb) of a paletted layer: what the user sees in the legend."""
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsPalettedRasterRenderer):
+        return {}
+    return {int(c.value): (c.label, c.color.name()) for c in renderer.classes()}
+

@@ -1,0 +1,177 @@
+""""3 · Segment": a model + a raster layer → a ``predict`` job → styled layers in the "GeoSSL" group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QPushButton,
+    QToolButton,
+    QWidget,
+)
+
+from ..client import ApiClient
+from ..layers import ClassInfo, LayerError, add_result_layers, raster_path
+from .common import Section
+from .finetune_section import safe_name
+from .models import SEGMENTATION, ModelEntry, parse_models
+
+
+class SegmentSection(Section):
+    """Submits ``PredictParams`` and adds the finished map (and confidence) to the project."""
+
+    result_added = pyqtSignal(object)  # the classified QgsRasterLayer
+
+    def __init__(self, client: ApiClient, jobs: Any, project: QgsProject | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__("3 · Segment", client, project, parent)
+        self.setObjectName("geosslSegmentSection")
+        self._jobs = jobs
+        self._models: list[ModelEntry] = []
+
+        self.model = QComboBox(self)
+        self.model.setObjectName("geosslModel")
+        self.model.setToolTip("Models fine-tuned by this backend")
+        self.refresh_button = QToolButton(self)
+        self.refresh_button.setText("↻")
+        self.refresh_button.setToolTip("Reload the backend's model list")
+        self.refresh_button.clicked.connect(self.refresh_models)
+        self.raster = QgsMapLayerComboBox(self)
+        self.raster.setObjectName("geosslSegmentRaster")
+        self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.output = QgsFileWidget(self)
+        self.output.setObjectName("geosslOutput")
+        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.output.setDialogTitle("Save the classified map as")
+        self.output.lineEdit().setPlaceholderText("automatic: next to the raster, <raster>_<model>.tif")
+        self.confidence = QCheckBox("Also write a confidence raster", self)
+        self.confidence.setChecked(True)
+        self.run_button = QPushButton("Segment", self)
+        self.run_button.setObjectName("geosslRunSegment")
+        self.run_button.clicked.connect(self.submit)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(self.refresh_button)
+        form = QFormLayout(self)
+        form.addRow("Model", model_row)
+        form.addRow("Raster", self.raster)
+        form.addRow("Output", self.output)
+        form.addRow("", self.confidence)
+        form.addRow(self.run_button)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def set_backend(self, info: Any) -> None:
+        super().set_backend(info)
+        if info is not None:
+            self.refresh_models()
+
+    def update_state(self) -> None:
+        ready = self.backend is not None and self.model.count() > 0
+        self.run_button.setEnabled(ready)
+        self.run_button.setToolTip("" if ready else ("Start or connect the backend first" if self.backend is None
+                                                     else "Fine-tune a model first (section 2)"))
+        self.refresh_button.setEnabled(self.backend is not None)
+
+    def refresh_models(self) -> None:
+        if self.backend is not None:
+            self.client.get("models", on_ok=self._on_models, on_error=self.request_error("Model list"))
+
+    def models(self) -> list[ModelEntry]:
+        return [m for m in self._models if m.kind == SEGMENTATION]
+
+    def selected_model(self) -> ModelEntry | None:
+        path = self.model.currentData()
+        return next((m for m in self._models if m.path == path), None)
+
+    def select_model(self, path: str) -> bool:
+        index = self.model.findData(path)
+        if index >= 0:
+            self.model.setCurrentIndex(index)
+        return index >= 0
+
+    # -- request ----------------------------------------------------------------------------------
+
+    def default_output(self, raster: str, model: ModelEntry) -> str:
+        source = Path(raster)
+        return str(source.with_name(f"{source.stem}_{safe_name(model.name)}.tif"))
+
+    def params(self) -> dict[str, Any] | None:
+        """``PredictParams`` as JSON, or None after reporting what is missing."""
+        model = self.selected_model()
+        if model is None:
+            self.error.emit(LayerError("Segment: choose a model (fine-tune one in section 2 first)."))
+            return None
+        layer = self.raster.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            self.error.emit(LayerError("Segment: choose the raster layer to classify."))
+            return None
+        try:
+            path = raster_path(layer)
+        except LayerError as exc:
+            self.error.emit(exc)
+            return None
+        out = self.output.filePath().strip() or self.default_output(path, model)
+        if not out.lower().endswith((".tif", ".tiff")):
+            out += ".tif"
+        params: dict[str, Any] = {"model": model.path, "raster": path, "out": out}
+        if self.confidence.isChecked():
+            params["confidence"] = str(Path(out).with_name(Path(out).stem + "_confidence.tif"))
+        return params
+
+    def submit(self) -> None:
+        if self.backend is None:
+            self.error.emit(LayerError("Start or connect the backend first (Backend section)."))
+            return
+        params = self.params()
+        if params is None:
+            return
+        model = self.selected_model()
+        layer_name = f"{self.raster.currentLayer().name()} – {model.name if model else 'GeoSSL'}"
+        classes = model.classes if model else None
+        self.run_button.setEnabled(False)
+        self.client.post("jobs/predict", params,
+                         on_ok=lambda job: self._on_submitted(job, layer_name, classes),
+                         on_error=self.request_error("Segmentation not started"))
+
+    def _on_submitted(self, job: Any, layer_name: str, classes: ClassInfo | None) -> None:
+        self.update_state()
+        if isinstance(job, dict):
+            self._jobs.track(job, on_success=lambda done: self.add_result(done, layer_name, classes))
+
+    def add_result(self, job: dict, name: str, classes: ClassInfo | None) -> QgsRasterLayer:
+        """Put a finished prediction on the map: classes on top, confidence (hidden) under it."""
+        result = job.get("result") or {}
+        params = job.get("params") or {}
+        classes_path = result.get("classes_raster") or params.get("out")
+        if not classes_path:
+            raise LayerError("The segmentation finished but the backend did not say where the map is.")
+        if isinstance(result.get("classes"), dict):
+            classes = ClassInfo.from_dict(result["classes"])
+        layer, _ = add_result_layers(classes_path, classes, result.get("confidence_raster"), name=name,
+                                     project=self.project)
+        self.result_added.emit(layer)
+        return layer
+
+    # -- slots ------------------------------------------------------------------------------------
+
+    def _on_models(self, data: Any) -> None:
+        current = self.model.currentData()
+        self._models = parse_models(data)
+        self.model.clear()
+        for entry in self.models():
+            self.model.addItem(entry.label, entry.path)
+            self.model.setItemData(self.model.count() - 1, entry.path, 3)  # tooltip: the file
+        if current:
+            self.select_model(current)
+        self.update_state()

@@ -1,0 +1,318 @@
+"""The GeoSSL Processing algorithms: one per job type, each a thin form over the same job parameters.
+
+Layers are turned into file paths (and class colours read from the polygon style) in
+``prepareAlgorithm``, which runs on the main thread where touching project layers is safe; the
+job itself runs in ``processAlgorithm`` on the worker thread, through the blocking client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorLayer,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from ..client import BlockingClient
+from ..layers import LayerError, class_colours, polygon_source, raster_path
+from .runner import backend_connection, run_job
+
+ENCODERS = ("resnet18", "resnet34", "resnet50")
+GROUP = "Few-label segmentation"
+
+
+def _raster_file(layer: QgsRasterLayer | None, what: str) -> str:
+    if layer is None:
+        raise QgsProcessingException(f"Choose the {what}.")
+    try:
+        return raster_path(layer)
+    except LayerError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+
+
+def _polygon_file(layer: QgsVectorLayer | None) -> tuple[str, str | None]:
+    if layer is None:
+        raise QgsProcessingException("Choose the polygon layer.")
+    try:
+        return polygon_source(layer)
+    except LayerError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+
+
+class GeoSSLAlgorithm(QgsProcessingAlgorithm):
+    """Shared plumbing: ``prepare`` builds the job parameters on the main thread, ``process`` runs them."""
+
+    KIND = ""
+    NAME = ""
+    TITLE = ""
+    HELP = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._params: dict[str, Any] = {}
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS API name)
+        return self.TITLE
+
+    def group(self) -> str:
+        return GROUP
+
+    def groupId(self) -> str:  # noqa: N802 (QGIS API name)
+        return "fewlabel"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API name)
+        return self.HELP + ("<p>Runs in the GeoSSL backend: the one the GeoSSL panel is connected to, or a local "
+                            "one started for this run. Layers must be saved files.</p>")
+
+    def createInstance(self) -> GeoSSLAlgorithm:  # noqa: N802 (QGIS API name)
+        return type(self)()
+
+    def prepareAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> bool:
+        self._params = self.job_params(parameters, context)
+        return True
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        with backend_connection(feedback) as connection:
+            job = run_job(BlockingClient(connection, feedback), self.KIND, self._params, feedback)
+        return self.outputs(job)
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _metric_outputs(algorithm: QgsProcessingAlgorithm) -> None:
+    algorithm.addOutput(QgsProcessingOutputNumber("OA", "Overall accuracy"))
+    algorithm.addOutput(QgsProcessingOutputNumber("KAPPA", "Cohen's kappa"))
+    algorithm.addOutput(QgsProcessingOutputNumber("MIOU", "Mean IoU"))
+
+
+def _metric_values(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = metrics or {}
+    return {"OA": metrics.get("overall_accuracy"), "KAPPA": metrics.get("kappa"), "MIOU": metrics.get("miou")}
+
+
+class SegmentAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "predict", "segment", "Segment a raster"
+    HELP = ("<p>Classify a whole raster with a GeoSSL model (<code>.pt</code> from fine-tuning). The map is a "
+            "GeoTIFF with the model's class colours and names; the optional confidence raster holds the "
+            "probability of the chosen class.</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster to classify"))
+        tile = QgsProcessingParameterNumber("TILE", "Tile size (pixels; default: the model's)",
+                                            QgsProcessingParameterNumber.Integer, optional=True, minValue=32)
+        tile.setFlags(tile.flags() | tile.FlagAdvanced)
+        self.addParameter(tile)
+        batch = QgsProcessingParameterNumber("BATCH", "Tiles per batch", QgsProcessingParameterNumber.Integer,
+                                             8, minValue=1)
+        batch.setFlags(batch.flags() | batch.FlagAdvanced)
+        self.addParameter(batch)
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classified map"))
+        self.addParameter(QgsProcessingParameterRasterDestination("CONFIDENCE", "Confidence", optional=True,
+                                                                  createByDefault=False))
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.parameterAsFile(parameters, "MODEL", context),
+            "raster": _raster_file(self.parameterAsRasterLayer(parameters, "INPUT", context), "raster to classify"),
+            "out": self.parameterAsOutputLayer(parameters, "OUTPUT", context),
+            "batch": self.parameterAsInt(parameters, "BATCH", context),
+        }
+        if parameters.get("TILE") not in (None, ""):
+            params["tile"] = self.parameterAsInt(parameters, "TILE", context)
+        confidence = self.parameterAsOutputLayer(parameters, "CONFIDENCE", context) \
+            if parameters.get("CONFIDENCE") not in (None, "") else ""
+        if confidence:
+            params["confidence"] = confidence
+        return params
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = job.get("result") or {}
+        out = {"OUTPUT": result.get("classes_raster") or self._params["out"]}
+        if self._params.get("confidence"):
+            out["CONFIDENCE"] = result.get("confidence_raster") or self._params["confidence"]
+        return out
+
+
+class _PolygonTraining:
+    """Polygon + class field parameters shared by fine-tune and evaluate."""
+
+    @staticmethod
+    def add_polygon_parameters(algorithm: QgsProcessingAlgorithm, label: str) -> None:
+        algorithm.addParameter(QgsProcessingParameterVectorLayer("POLYGONS", label,
+                                                                 [QgsProcessing.TypeVectorPolygon]))
+        algorithm.addParameter(QgsProcessingParameterField("CLASS_FIELD", "Class field", parentLayerParameterName="POLYGONS"))
+
+    @staticmethod
+    def polygon_params(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any],
+                       context: QgsProcessingContext) -> tuple[dict[str, Any], QgsVectorLayer]:
+        layer = algorithm.parameterAsVectorLayer(parameters, "POLYGONS", context)
+        path, sublayer = _polygon_file(layer)
+        fields = algorithm.parameterAsFields(parameters, "CLASS_FIELD", context)
+        if not fields:
+            raise QgsProcessingException("Choose the class field.")
+        params: dict[str, Any] = {"labels": path, "class_field": fields[0]}
+        if sublayer:
+            params["layer"] = sublayer
+        return params, layer
+
+
+class FinetuneAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "finetune", "finetune", "Fine-tune a model from polygons"
+    HELP = ("<p>Train a DeepLabV3+ segmentation model from a few polygons with a class field. Pixels outside "
+            "the polygons are ignored (not background). If the polygon layer is styled <i>Categorized</i> by the "
+            "class field, its colours become the map's colours.</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Training rasters",
+                                                               QgsProcessing.TypeRaster))
+        _PolygonTraining.add_polygon_parameters(self, "Training polygons")
+        self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile("INIT", "Pretrained encoder (optional)", extension="pt",
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterNumber("STEPS", "Training steps",
+                                                       QgsProcessingParameterNumber.Integer, 300, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (pixels, multiple of 16)",
+                                                       QgsProcessingParameterNumber.Integer, 128, minValue=32))
+        self.addParameter(QgsProcessingParameterNumber("BATCH", "Batch size",
+                                                       QgsProcessingParameterNumber.Integer, 8, minValue=1))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file", "GeoSSL model (*.pt)"))
+        self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", "Steps trained"))
+        _metric_outputs(self)
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        rasters = [layer for layer in self.parameterAsLayerList(parameters, "RASTERS", context)
+                   if isinstance(layer, QgsRasterLayer)]
+        if not rasters:
+            raise QgsProcessingException("Choose at least one training raster.")
+        params, layer = _PolygonTraining.polygon_params(self, parameters, context)
+        params.update(
+            rasters=[_raster_file(r, "training raster") for r in rasters],
+            encoder=ENCODERS[self.parameterAsEnum(parameters, "ENCODER", context)],
+            steps=self.parameterAsInt(parameters, "STEPS", context),
+            tile=self.parameterAsInt(parameters, "TILE", context),
+            batch=self.parameterAsInt(parameters, "BATCH", context),
+            out=self.parameterAsFileOutput(parameters, "OUTPUT", context),
+        )
+        init = self.parameterAsFile(parameters, "INIT", context)
+        if init:
+            params["init"] = init
+        colours = class_colours(layer, params["class_field"])
+        if colours:
+            params["colours"] = colours
+        return params
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = job.get("result") or {}
+        return {"OUTPUT": result.get("model") or self._params["out"], "STEPS_DONE": result.get("steps"),
+                **_metric_values(result.get("validation"))}
+
+
+class EvaluateAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "evaluate", "evaluate", "Evaluate a classified map"
+    HELP = ("<p>Accuracy of a classified map against reference polygons: overall accuracy, Cohen's kappa, "
+            "per-class precision/recall/F1/IoU, mean IoU and the confusion matrix (in the JSON file).</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Classified map"))
+        _PolygonTraining.add_polygon_parameters(self, "Reference polygons")
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Metrics (JSON)", "JSON (*.json)",
+                                                                optional=True, createByDefault=False))
+        _metric_outputs(self)
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        params, _layer = _PolygonTraining.polygon_params(self, parameters, context)
+        params["prediction"] = _raster_file(self.parameterAsRasterLayer(parameters, "PREDICTION", context),
+                                            "classified map")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context) \
+            if parameters.get("OUTPUT") not in (None, "") else ""
+        if out:
+            params["out"] = out
+        return params
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        outputs = super().processAlgorithm(parameters, context, feedback)
+        feedback.pushInfo("OA {OA:.4f}  Kappa {KAPPA:.4f}  mIoU {MIOU:.4f}".format(
+            **{k: v if isinstance(v, float) else float("nan") for k, v in outputs.items() if k != "OUTPUT"}))
+        return outputs
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = job.get("result") or {}
+        out = _metric_values(result)
+        if self._params.get("out"):
+            out["OUTPUT"] = result.get("metrics_file") or self._params["out"]
+        return out
+
+
+class PretrainAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "pretrain", "pretrain", "Pretrain an encoder (self-supervised)"
+    HELP = ("<p>Learn features from your own unlabeled rasters (GLCNet, SimCLR…; the backend lists its methods "
+            "in the GeoSSL panel). Fine-tune from the result with the <i>Pretrained encoder</i> input.</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Unlabeled rasters",
+                                                               QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterString("METHOD", "Method (e.g. glcnet, simclr)", "glcnet"))
+        self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber("STEPS", "Training steps",
+                                                       QgsProcessingParameterNumber.Integer, 1000, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (pixels, multiple of 16)",
+                                                       QgsProcessingParameterNumber.Integer, 256, minValue=64))
+        self.addParameter(QgsProcessingParameterNumber("BATCH", "Batch size",
+                                                       QgsProcessingParameterNumber.Integer, 32, minValue=2))
+        resume = QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run with the same output", False)
+        resume.setFlags(resume.flags() | resume.FlagAdvanced)
+        self.addParameter(resume)
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Pretrained encoder",
+                                                                "GeoSSL checkpoint (*.pt)"))
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        rasters = [layer for layer in self.parameterAsLayerList(parameters, "RASTERS", context)
+                   if isinstance(layer, QgsRasterLayer)]
+        if not rasters:
+            raise QgsProcessingException("Choose at least one raster.")
+        return {
+            "rasters": [_raster_file(r, "raster") for r in rasters],
+            "method": self.parameterAsString(parameters, "METHOD", context).strip(),
+            "encoder": ENCODERS[self.parameterAsEnum(parameters, "ENCODER", context)],
+            "steps": self.parameterAsInt(parameters, "STEPS", context),
+            "tile": self.parameterAsInt(parameters, "TILE", context),
+            "batch": self.parameterAsInt(parameters, "BATCH", context),
+            "resume": self.parameterAsBool(parameters, "RESUME", context),
+            "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
+        }
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = job.get("result") or {}
+        return {"OUTPUT": result.get("model") or self._params["out"]}
+
+
+ALGORITHMS = (FinetuneAlgorithm, SegmentAlgorithm, EvaluateAlgorithm, PretrainAlgorithm)

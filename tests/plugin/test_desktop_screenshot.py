@@ -1,0 +1,116 @@
+"""The plugin in a real QGIS desktop under Xvfb: the dock opens, starts its backend, styles results.
+
+Runs ``qgis`` with a throw-away profile holding the plugin (resources/install_plugin.sh), builds a
+scene with desktop_scene.py, captures the screen with ImageMagick's ``import`` and checks the
+picture is not blank. The backend is the tests' fake service, so this takes seconds, not minutes; QGIS then quits the
+way a user closes it, which must stop that backend. The screenshot stays in pytest's temporary
+folder as an artifact (the path is printed; see it with ``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.PyQt.QtGui import QImage
+
+from .conftest import CPU_INFO, REPO
+from .gdal_data import class_polygons, two_class_raster
+
+TOOLS = ("xvfb-run", "import", "qgis")
+MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
+SCENE_TIMEOUT_S = 45
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt: xvfb imagemagick qgis)")
+
+CAPTURE = r"""
+qgis --profiles-path "$PROFILES" --nologo --noversioncheck --code "$SCENE" > "$QGIS_LOG" 2>&1 &
+pid=$!
+for _ in $(seq 1 $((LIMIT * 4))); do [ -f "$GEOSSL_SCENE_DONE" ] && break; sleep 0.25; done
+sleep 1
+import -window root "$SHOT"
+touch "$GEOSSL_SCENE_QUIT"  # QGIS quits by itself, as when a user closes it
+for _ in $(seq 1 80); do kill -0 $pid 2>/dev/null || break; sleep 0.25; done
+kill $pid 2>/dev/null; wait $pid 2>/dev/null
+exit 0
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _classified(folder: Path, source: Path) -> tuple[Path, Path]:
+    """A class map (values 1/2 by brightness) and a confidence raster, written with GDAL."""
+    ds = gdal.Open(str(source))
+    band = ds.GetRasterBand(1).ReadAsArray().astype(float)
+    classes = gdal.GetDriverByName("GTiff").Create(str(folder / "classes.tif"), ds.RasterXSize, ds.RasterYSize, 1,
+                                                    gdal.GDT_Byte)
+    confidence = gdal.GetDriverByName("GTiff").Create(str(folder / "confidence.tif"), ds.RasterXSize,
+                                                       ds.RasterYSize, 1, gdal.GDT_Float32)
+    for out in (classes, confidence):
+        out.SetGeoTransform(ds.GetGeoTransform())
+        out.SetProjection(ds.GetProjection())
+    classes.GetRasterBand(1).WriteArray(np.where(band > 500, 1, 2).astype(np.uint8))
+    classes.GetRasterBand(1).SetNoDataValue(0)
+    confidence.GetRasterBand(1).WriteArray((np.abs(band - 500) / 400).clip(0, 1).astype(np.float32))
+    classes = confidence = ds = None
+    return folder / "classes.tif", folder / "confidence.tif"
+
+
+def test_the_dock_in_a_real_qgis_desktop(tmp_path: Path, fake_backend: Any) -> None:
+    profiles = tmp_path / "qgis"
+    subprocess.run(["bash", str(REPO / "resources" / "install_plugin.sh"), str(profiles / "profiles" / "default")],
+                   check=True, capture_output=True, timeout=30)
+    raster = two_class_raster(tmp_path / "scene.tif", size=256)
+    labels = class_polygons(tmp_path / "labels.gpkg", size=256)
+    classes, confidence = _classified(tmp_path, raster)
+    done, shot = tmp_path / "done.json", tmp_path / "screenshot.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "QGIS_", "PYTEST"))}
+    env.update(
+        PROFILES=str(profiles), SCENE=str(REPO / "tests" / "plugin" / "desktop_scene.py"),
+        QGIS_LOG=str(tmp_path / "qgis.log"), LIMIT=str(SCENE_TIMEOUT_S), SHOT=str(shot),
+        GEOSSL_SCENE_DONE=str(done), GEOSSL_SCENE_QUIT=str(tmp_path / "quit"),
+        GEOSSL_SCENE_TIMEOUT_S=str(SCENE_TIMEOUT_S - 5),
+        GEOSSL_SCENE_RASTER=str(raster), GEOSSL_SCENE_LABELS=str(labels), GEOSSL_SCENE_FIELD="class",
+        GEOSSL_SCENE_CLASSES=str(classes), GEOSSL_SCENE_CONFIDENCE=str(confidence),
+        GEOSSL_SCENE_COLOURS=json.dumps({"bright": "#ffd92f", "dark": "#1b7837"}),
+        GEOSSL_SCENE_BACKEND=str(fake_backend(CPU_INFO)), GEOSSL_SCENE_DATA_DIR=str(tmp_path / "geossl-data"),
+    )
+    subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "bash", "-c", CAPTURE], env=env,
+                   check=True, timeout=SCENE_TIMEOUT_S + 30)
+    print(f"screenshot: {shot}")
+
+    assert done.is_file(), f"the scene never finished; QGIS said:\n{(tmp_path / 'qgis.log').read_text()[-3000:]}"
+    report = json.loads(done.read_text())
+    assert report["errors"] == [] and report["stage"] == "connected", report
+    assert report["dock_visible"] and report["backend"] == "connected" and report["device"] == "CPU"
+    assert {"land cover (GeoSSL)", "scene", "training polygons"} <= set(report["layers"])
+
+    pid = report["backend_pid"]
+    assert pid, "the panel started its own backend"
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)  # leave nothing behind, then fail
+        pytest.fail("the backend the panel started outlived QGIS")
+
+    image = QImage(str(shot))
+    assert (image.width(), image.height()) == (1600, 1000)
+    colours = {image.pixel(x, y) for x in range(0, 1600, 10) for y in range(0, 1000, 10)}
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    map_colours = {image.pixelColor(x, y).name() for x in range(300, 1100, 8) for y in range(150, 900, 8)}
+    assert {"#ffd92f", "#1b7837"} <= map_colours, "the classified map is drawn in the polygons' colours"
