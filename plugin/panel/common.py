@@ -1,19 +1,35 @@
-"""What the job sections share: a collapsible section that submits jobs, and a raster checklist."""
+"""What the job sections share: a section that submits jobs, its common widgets, and a raster checklist."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.gui import QgsCollapsibleGroupBox
+from qgis.core import (
+    Qgis,
+    QgsFieldProxyModel,
+    QgsMapLayer,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import QListWidget, QListWidgetItem, QMessageBox, QWidget
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from ..backend import BackendInfo
 from ..client import ApiClient, ApiError
-from ..layers import LayerError, UnsavedEditsError, polygon_source
+from ..layers import LayerError, UnsavedEditsError, polygon_source, raster_path
 
 SaveQuestion = Callable[[QgsVectorLayer], bool]
 
@@ -72,6 +88,14 @@ class Section(QgsCollapsibleGroupBox):
             self.error.emit(exc)
             return None
 
+    def raster_files(self, layers: Iterable[QgsRasterLayer]) -> list[str] | None:
+        """The files behind raster layers; None (reported) if one is not a file the backend can read."""
+        try:
+            return [raster_path(layer) for layer in layers]
+        except LayerError as exc:
+            self.error.emit(exc)
+            return None
+
     def info_message(self, text: str, level: int = Qgis.Info) -> None:
         self.message.emit(text, level)
 
@@ -82,6 +106,111 @@ class Section(QgsCollapsibleGroupBox):
             self.error.emit(error)
             self.update_state()
         return report
+
+
+NOT_CONNECTED = "Start or connect the backend first"
+
+
+class JobSection(Section):
+    """A section whose Run button turns its widgets into one backend job, then tracks it in ``jobs``.
+
+    Subclasses build ``run_button`` with ``make_run_button``, implement ``params()``, and submit
+    through ``job_params()`` and ``post_job()``.
+    """
+
+    run_button: QPushButton
+
+    def __init__(self, title: str, client: ApiClient, jobs: Any, project: QgsProject | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(title, client, project, parent)
+        self._jobs = jobs
+
+    def make_run_button(self, text: str, object_name: str) -> QPushButton:
+        """The button that calls ``submit``."""
+        button = QPushButton(text, self)
+        button.setObjectName(object_name)
+        button.clicked.connect(self.submit)
+        return button
+
+    def enable_run(self, ready: bool, why_not: str = NOT_CONNECTED) -> None:
+        """Enable the Run button, or disable it with a tooltip that says what is missing."""
+        self.run_button.setEnabled(ready)
+        self.run_button.setToolTip("" if ready else why_not)
+
+    def update_state(self) -> None:
+        self.enable_run(self.backend is not None)
+
+    def submit(self) -> None:
+        """Build the request and post it (override)."""
+
+    def params(self) -> dict[str, Any] | None:
+        """The job's parameters as JSON, or None after reporting what is missing (override)."""
+        raise NotImplementedError
+
+    def job_params(self) -> dict[str, Any] | None:
+        """``params()`` when a backend is connected; None (reported) otherwise."""
+        if self.backend is None:
+            self.error.emit(LayerError(f"{NOT_CONNECTED} (Backend section)."))
+            return None
+        return self.params()
+
+    def post_job(self, kind: str, params: dict[str, Any], failure: str,
+                 on_success: Callable[[dict], Any] | None = None) -> None:
+        """Submit a ``kind`` job; once accepted it is tracked (``on_success`` when it finishes well).
+
+        ``failure`` heads the message when the backend refuses it, e.g. "Fine-tune not started".
+        """
+        self.run_button.setEnabled(False)
+        self.client.post(f"jobs/{kind}", params, on_ok=lambda job: self._on_submitted(job, on_success),
+                         on_error=self.request_error(failure))
+
+    def _on_submitted(self, job: Any, on_success: Callable[[dict], Any] | None) -> None:
+        self.update_state()
+        if isinstance(job, dict):
+            self._jobs.track(job, on_success=on_success)
+
+
+def tile_spinbox(parent: QWidget, minimum: int, default: int) -> QSpinBox:
+    """Tile size in pixels, up to 2048 in steps of 16."""
+    spin = QSpinBox(parent)
+    spin.setRange(minimum, 2048)
+    spin.setSingleStep(16)
+    spin.setValue(default)
+    spin.setSuffix(" px")
+    return spin
+
+
+def batch_spinbox(parent: QWidget, minimum: int, maximum: int, default: int) -> QSpinBox:
+    """Tiles per training batch."""
+    spin = QSpinBox(parent)
+    spin.setRange(minimum, maximum)
+    spin.setValue(default)
+    return spin
+
+
+def polygon_combo(parent: QWidget, object_name: str) -> QgsMapLayerComboBox:
+    """A choice of polygon layer, possibly none."""
+    combo = QgsMapLayerComboBox(parent)
+    combo.setObjectName(object_name)
+    combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+    combo.setAllowEmptyLayer(True)
+    return combo
+
+
+def class_field_combo(parent: QWidget) -> QgsFieldComboBox:
+    """A choice of the text or integer field that holds each polygon's class."""
+    combo = QgsFieldComboBox(parent)
+    combo.setFilters(QgsFieldProxyModel.String | QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
+    return combo
+
+
+def replace_items(combo: QComboBox, items: Iterable[str]) -> None:
+    """Offer ``items`` instead, keeping the current choice when it is still among them."""
+    current = combo.currentText()
+    combo.clear()
+    combo.addItems(list(items))
+    if current and combo.findText(current) >= 0:
+        combo.setCurrentText(current)
 
 
 def unique_path(path: Path) -> Path:

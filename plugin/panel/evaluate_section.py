@@ -9,38 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import QFormLayout, QLabel, QPushButton, QWidget
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.gui import QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import QFormLayout, QLabel, QWidget
 
 from ..client import ApiClient
-from ..layers import LayerError, categorized_field, raster_path
-from .common import Section
+from ..layers import LayerError, categorized_field
+from .common import JobSection, class_field_combo, polygon_combo
 
 
-class EvaluateSection(Section):
+class EvaluateSection(JobSection):
     """Builds ``EvaluateParams`` (prediction + labels/class_field) and submits it."""
 
     def __init__(self, client: ApiClient, jobs: Any, project: QgsProject | None = None,
                  parent: QWidget | None = None) -> None:
-        super().__init__("4 · Accuracy", client, project, parent)
+        super().__init__("4 · Accuracy", client, jobs, project, parent)
         self.setObjectName("geosslEvaluateSection")
-        self._jobs = jobs
         hint = QLabel("<span style='color:gray'>Compare a GeoSSL map with reference polygons the model did not "
                       "train on: OA, Kappa, mIoU and F1 per class.</span>", self)
         hint.setWordWrap(True)
         self.prediction = QgsMapLayerComboBox(self)
         self.prediction.setObjectName("geosslEvaluateMap")
         self.prediction.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.polygons = QgsMapLayerComboBox(self)
-        self.polygons.setObjectName("geosslReferencePolygons")
-        self.polygons.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-        self.polygons.setAllowEmptyLayer(True)
-        self.class_field = QgsFieldComboBox(self)
-        self.class_field.setFilters(QgsFieldProxyModel.String | QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
-        self.run_button = QPushButton("Evaluate", self)
-        self.run_button.setObjectName("geosslRunEvaluate")
-        self.run_button.clicked.connect(self.submit)
+        self.polygons = polygon_combo(self, "geosslReferencePolygons")
+        self.class_field = class_field_combo(self)
+        self.run_button = self.make_run_button("Evaluate", "geosslRunEvaluate")
         self.polygons.layerChanged.connect(self._on_polygons_changed)
 
         form = QFormLayout(self)
@@ -51,10 +44,6 @@ class EvaluateSection(Section):
         form.addRow(self.run_button)
         self.setCollapsed(True)
         self._on_polygons_changed(self.polygons.currentLayer())
-
-    def update_state(self) -> None:
-        self.run_button.setEnabled(self.backend is not None)
-        self.run_button.setToolTip("" if self.backend else "Start or connect the backend first")
 
     def show_map(self, layer: QgsRasterLayer) -> None:
         """Offer a freshly added result as the map to check."""
@@ -70,11 +59,10 @@ class EvaluateSection(Section):
         if not isinstance(polygons, QgsVectorLayer) or not self.class_field.currentField():
             self.error.emit(LayerError("Accuracy: choose the reference polygons and their class field."))
             return None
-        try:
-            prediction = raster_path(layer)
-        except LayerError as exc:
-            self.error.emit(exc)
+        files = self.raster_files([layer])
+        if files is None:
             return None
+        prediction = files[0]
         source = self.saved_polygons(polygons)
         if source is None:
             return None
@@ -86,20 +74,9 @@ class EvaluateSection(Section):
         return params
 
     def submit(self) -> None:
-        if self.backend is None:
-            self.error.emit(LayerError("Start or connect the backend first (Backend section)."))
-            return
-        params = self.params()
-        if params is None:
-            return
-        self.run_button.setEnabled(False)
-        self.client.post("jobs/evaluate", params, on_ok=self._on_submitted,
-                         on_error=self.request_error("Evaluation not started"))
-
-    def _on_submitted(self, job: Any) -> None:
-        self.update_state()
-        if isinstance(job, dict):
-            self._jobs.track(job)
+        params = self.job_params()
+        if params is not None:
+            self.post_job("evaluate", params, "Evaluation not started")
 
     def _on_polygons_changed(self, layer: Any) -> None:
         self.class_field.setLayer(layer)

@@ -9,23 +9,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel, QgsProject, QgsVectorLayer
-from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
+from qgis.core import QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (
-    QComboBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QWidget,
-)
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QWidget
 
 from ..client import ApiClient
-from ..layers import LayerError, categorized_field, class_colours, raster_path
-from .common import RasterChecklist, Section, model_output
+from ..layers import LayerError, categorized_field, class_colours
+from .common import (
+    JobSection,
+    RasterChecklist,
+    batch_spinbox,
+    class_field_combo,
+    model_output,
+    polygon_combo,
+    replace_items,
+    tile_spinbox,
+)
 from .models import PRETRAINED, ModelEntry, parse_models
 
 DEFAULT_ENCODERS = ("resnet18", "resnet34", "resnet50")
@@ -70,25 +69,20 @@ class BudgetInput(QWidget):
         return {self.unit.currentText(): self.spin.value()}
 
 
-class FinetuneSection(Section):
+class FinetuneSection(JobSection):
     """Builds ``FinetuneParams`` from the widgets and submits it."""
 
     def __init__(self, client: ApiClient, jobs: Any, project: QgsProject | None = None,
                  parent: QWidget | None = None) -> None:
-        super().__init__("2 · Fine-tune", client, project, parent)
+        super().__init__("2 · Fine-tune", client, jobs, project, parent)
         self.setObjectName("geosslFinetuneSection")
-        self._jobs = jobs
         self._models: list[ModelEntry] = []
 
         self.rasters = RasterChecklist(self.project, self)
         self.rasters.setToolTip("Rasters the polygons were drawn on (several only if they have the same bands)")
-        self.polygons = QgsMapLayerComboBox(self)
-        self.polygons.setObjectName("geosslPolygonLayer")
-        self.polygons.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-        self.polygons.setAllowEmptyLayer(True)
-        self.class_field = QgsFieldComboBox(self)
+        self.polygons = polygon_combo(self, "geosslPolygonLayer")
+        self.class_field = class_field_combo(self)
         self.class_field.setObjectName("geosslClassField")
-        self.class_field.setFilters(QgsFieldProxyModel.String | QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
         self.colours_label = QLabel(self)
         self.colours_label.setWordWrap(True)
         self.encoder = QComboBox(self)
@@ -97,19 +91,11 @@ class FinetuneSection(Section):
         self.init_model.setObjectName("geosslInitModel")
         self.init_model.setToolTip("Start from an encoder pretrained on your rasters (section 1), or from scratch")
         self.budget = BudgetInput(300, "steps", self)
-        self.tile = QSpinBox(self)
-        self.tile.setRange(32, 2048)
-        self.tile.setSingleStep(16)
-        self.tile.setValue(128)
-        self.tile.setSuffix(" px")
-        self.batch = QSpinBox(self)
-        self.batch.setRange(1, 512)
-        self.batch.setValue(8)
+        self.tile = tile_spinbox(self, 32, 128)
+        self.batch = batch_spinbox(self, 1, 512, 8)
         self.model_name = QLineEdit(self)
         self.model_name.setPlaceholderText("model name (default: the polygon layer's name)")
-        self.run_button = QPushButton("Fine-tune", self)
-        self.run_button.setObjectName("geosslRunFinetune")
-        self.run_button.clicked.connect(self.submit)
+        self.run_button = self.make_run_button("Fine-tune", "geosslRunFinetune")
 
         form = QFormLayout(self)
         form.addRow("Rasters", self.rasters)
@@ -135,16 +121,8 @@ class FinetuneSection(Section):
     def set_backend(self, info: Any) -> None:
         super().set_backend(info)
         if info is not None:
-            current = self.encoder.currentText()
-            self.encoder.clear()
-            self.encoder.addItems(encoders_of(info))
-            if current:
-                self.encoder.setCurrentText(current)
+            replace_items(self.encoder, encoders_of(info))
             self.refresh_models()
-
-    def update_state(self) -> None:
-        self.run_button.setEnabled(self.backend is not None)
-        self.run_button.setToolTip("" if self.backend else "Start or connect the backend first")
 
     def refresh_models(self) -> None:
         if self.backend is not None:
@@ -171,10 +149,8 @@ class FinetuneSection(Section):
             self.error.emit(LayerError(f"Fine-tune: choose the field of '{layer.name()}' that holds each "
                                        "polygon's class."))
             return None
-        try:
-            paths = [raster_path(r) for r in rasters]
-        except LayerError as exc:
-            self.error.emit(exc)
+        paths = self.raster_files(rasters)
+        if paths is None:
             return None
         source = self.saved_polygons(layer)
         if source is None:
@@ -202,21 +178,11 @@ class FinetuneSection(Section):
         return safe_name(self.model_name.text() or (layer.name() if layer else "model"))
 
     def submit(self) -> None:
-        if self.backend is None:
-            self.error.emit(LayerError("Start or connect the backend first (Backend section)."))
-            return
-        params = self.params()
+        params = self.job_params()
         if params is None:
             return
         params["out"] = model_output(self, self.model_basename(), params["labels"])
-        self.run_button.setEnabled(False)
-        self.client.post("jobs/finetune", params, on_ok=self._on_submitted,
-                         on_error=self.request_error("Fine-tune not started"))
-
-    def _on_submitted(self, job: Any) -> None:
-        self.update_state()
-        if isinstance(job, dict):
-            self._jobs.track(job)
+        self.post_job("finetune", params, "Fine-tune not started")
 
     # -- slots ------------------------------------------------------------------------------------
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from qgis.core import QgsProject
-from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QWidget
 
 from ..client import ApiClient
-from ..layers import LayerError, raster_path
-from .common import RasterChecklist, Section, model_output
+from ..layers import LayerError
+from .common import JobSection, RasterChecklist, batch_spinbox, model_output, replace_items, tile_spinbox
 from .finetune_section import DEFAULT_ENCODERS, BudgetInput, encoders_of, safe_name
 
 
-class PretrainSection(Section):
+class PretrainSection(JobSection):
     """Builds ``PretrainParams`` from the widgets and submits it."""
 
     def __init__(self, client: ApiClient, jobs: Any, project: QgsProject | None = None,
                  parent: QWidget | None = None) -> None:
-        super().__init__("1 · Pretrain (optional)", client, project, parent)
+        super().__init__("1 · Pretrain (optional)", client, jobs, project, parent)
         self.setObjectName("geosslPretrainSection")
-        self._jobs = jobs
         hint = QLabel("<span style='color:gray'>Learn from your own unlabeled rasters first; then pick the "
                       "result under Fine-tune ▸ Start from.</span>", self)
         hint.setWordWrap(True)
@@ -35,19 +34,11 @@ class PretrainSection(Section):
         self.encoder = QComboBox(self)
         self.encoder.addItems(DEFAULT_ENCODERS)
         self.budget = BudgetInput(1000, "steps", self)
-        self.tile = QSpinBox(self)
-        self.tile.setRange(64, 2048)
-        self.tile.setSingleStep(16)
-        self.tile.setValue(256)
-        self.tile.setSuffix(" px")
-        self.batch = QSpinBox(self)
-        self.batch.setRange(2, 4096)
-        self.batch.setValue(32)
+        self.tile = tile_spinbox(self, 64, 256)
+        self.batch = batch_spinbox(self, 2, 4096, 32)
         self.model_name = QLineEdit(self)
         self.model_name.setPlaceholderText("encoder name (default: pretrained-<method>)")
-        self.run_button = QPushButton("Pretrain", self)
-        self.run_button.setObjectName("geosslRunPretrain")
-        self.run_button.clicked.connect(self.submit)
+        self.run_button = self.make_run_button("Pretrain", "geosslRunPretrain")
 
         form = QFormLayout(self)
         form.addRow(hint)
@@ -65,22 +56,12 @@ class PretrainSection(Section):
         super().set_backend(info)
         if info is None:
             return
-        current = self.method.currentText()
-        self.method.clear()
-        self.method.addItems(list(info.methods))
-        if current and self.method.findText(current) >= 0:
-            self.method.setCurrentText(current)
-        encoder = self.encoder.currentText()
-        self.encoder.clear()
-        self.encoder.addItems(encoders_of(info))
-        if encoder:
-            self.encoder.setCurrentText(encoder)
+        replace_items(self.method, info.methods)
+        replace_items(self.encoder, encoders_of(info))
         self.update_state()
 
     def update_state(self) -> None:
-        ready = self.backend is not None and self.method.count() > 0
-        self.run_button.setEnabled(ready)
-        self.run_button.setToolTip("" if ready else "Start or connect the backend first")
+        self.enable_run(self.backend is not None and self.method.count() > 0)
 
     def params(self) -> dict[str, Any] | None:
         """``PretrainParams`` as JSON, or None after reporting what is missing."""
@@ -88,10 +69,8 @@ class PretrainSection(Section):
         if not rasters:
             self.error.emit(LayerError("Pretrain: tick at least one raster layer to learn from."))
             return None
-        try:
-            paths = [raster_path(r) for r in rasters]
-        except LayerError as exc:
-            self.error.emit(exc)
+        paths = self.raster_files(rasters)
+        if paths is None:
             return None
         if not self.method.currentText():
             self.error.emit(LayerError("Pretrain: the backend offers no method; is it up to date?"))
@@ -103,18 +82,8 @@ class PretrainSection(Section):
         return safe_name(self.model_name.text() or f"pretrained-{self.method.currentText()}")
 
     def submit(self) -> None:
-        if self.backend is None:
-            self.error.emit(LayerError("Start or connect the backend first (Backend section)."))
-            return
-        params = self.params()
+        params = self.job_params()
         if params is None:
             return
         params["out"] = model_output(self, self.model_basename(), params["rasters"][0])
-        self.run_button.setEnabled(False)
-        self.client.post("jobs/pretrain", params, on_ok=self._on_submitted,
-                         on_error=self.request_error("Pretraining not started"))
-
-    def _on_submitted(self, job: Any) -> None:
-        self.update_state()
-        if isinstance(job, dict):
-            self._jobs.track(job)
+        self.post_job("pretrain", params, "Pretraining not started")

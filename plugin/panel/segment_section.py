@@ -8,33 +8,24 @@ from typing import Any
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QHBoxLayout,
-    QPushButton,
-    QToolButton,
-    QWidget,
-)
+from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QToolButton, QWidget
 
 from ..client import ApiClient
-from ..layers import ClassInfo, LayerError, add_result_layers, raster_path
-from .common import Section
+from ..layers import ClassInfo, LayerError, add_result_layers
+from .common import NOT_CONNECTED, JobSection
 from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, parse_models
 
 
-class SegmentSection(Section):
+class SegmentSection(JobSection):
     """Submits ``PredictParams`` and adds the finished map (and confidence) to the project."""
 
     result_added = pyqtSignal(object)  # the classified QgsRasterLayer
 
     def __init__(self, client: ApiClient, jobs: Any, project: QgsProject | None = None,
                  parent: QWidget | None = None) -> None:
-        super().__init__("3 · Segment", client, project, parent)
+        super().__init__("3 · Segment", client, jobs, project, parent)
         self.setObjectName("geosslSegmentSection")
-        self._jobs = jobs
         self._models: list[ModelEntry] = []
 
         self.model = QComboBox(self)
@@ -55,9 +46,7 @@ class SegmentSection(Section):
         self.output.lineEdit().setPlaceholderText("automatic: next to the raster, <raster>_<model>.tif")
         self.confidence = QCheckBox("Also write a confidence raster", self)
         self.confidence.setChecked(True)
-        self.run_button = QPushButton("Segment", self)
-        self.run_button.setObjectName("geosslRunSegment")
-        self.run_button.clicked.connect(self.submit)
+        self.run_button = self.make_run_button("Segment", "geosslRunSegment")
 
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
@@ -77,10 +66,8 @@ class SegmentSection(Section):
             self.refresh_models()
 
     def update_state(self) -> None:
-        ready = self.backend is not None and self.model.count() > 0
-        self.run_button.setEnabled(ready)
-        self.run_button.setToolTip("" if ready else ("Start or connect the backend first" if self.backend is None
-                                                     else "Fine-tune a model first (section 2)"))
+        self.enable_run(self.backend is not None and self.model.count() > 0,
+                        NOT_CONNECTED if self.backend is None else "Fine-tune a model first (section 2)")
         self.refresh_button.setEnabled(self.backend is not None)
 
     def refresh_models(self) -> None:
@@ -116,11 +103,10 @@ class SegmentSection(Section):
         if not isinstance(layer, QgsRasterLayer):
             self.error.emit(LayerError("Segment: choose the raster layer to classify."))
             return None
-        try:
-            path = raster_path(layer)
-        except LayerError as exc:
-            self.error.emit(exc)
+        files = self.raster_files([layer])
+        if files is None:
             return None
+        path = files[0]
         out = self.output.filePath().strip() or self.default_output(path, model)
         if not out.lower().endswith((".tif", ".tiff")):
             out += ".tif"
@@ -130,24 +116,14 @@ class SegmentSection(Section):
         return params
 
     def submit(self) -> None:
-        if self.backend is None:
-            self.error.emit(LayerError("Start or connect the backend first (Backend section)."))
-            return
-        params = self.params()
+        params = self.job_params()
         if params is None:
             return
         model = self.selected_model()
         layer_name = f"{self.raster.currentLayer().name()} – {model.name if model else 'GeoSSL'}"
         classes = model.classes if model else None
-        self.run_button.setEnabled(False)
-        self.client.post("jobs/predict", params,
-                         on_ok=lambda job: self._on_submitted(job, layer_name, classes),
-                         on_error=self.request_error("Segmentation not started"))
-
-    def _on_submitted(self, job: Any, layer_name: str, classes: ClassInfo | None) -> None:
-        self.update_state()
-        if isinstance(job, dict):
-            self._jobs.track(job, on_success=lambda done: self.add_result(done, layer_name, classes))
+        self.post_job("predict", params, "Segmentation not started",
+                      on_success=lambda done: self.add_result(done, layer_name, classes))
 
     def add_result(self, job: dict, name: str, classes: ClassInfo | None) -> QgsRasterLayer:
         """Put a finished prediction on the map: classes on top, confidence (hidden) under it."""

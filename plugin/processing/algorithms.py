@@ -48,6 +48,37 @@ def _raster_file(layer: QgsRasterLayer | None, what: str) -> str:
         raise QgsProcessingException(str(exc)) from exc
 
 
+def _integer(name: str, description: str, default: int | None, minimum: int,
+             optional: bool = False) -> QgsProcessingParameterNumber:
+    return QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Integer, default,
+                                        optional=optional, minValue=minimum)
+
+
+def _add_training_parameters(algorithm: QgsProcessingAlgorithm, steps: int, tile: int, min_tile: int,
+                             batch: int, min_batch: int) -> None:
+    """STEPS, TILE and BATCH: how long and on what pieces fine-tune and pretrain train."""
+    algorithm.addParameter(_integer("STEPS", "Training steps", steps, 1))
+    algorithm.addParameter(_integer("TILE", "Tile size (pixels, multiple of 16)", tile, min_tile))
+    algorithm.addParameter(_integer("BATCH", "Batch size", batch, min_batch))
+
+
+def _training_values(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any],
+                     context: QgsProcessingContext) -> dict[str, int]:
+    return {"steps": algorithm.parameterAsInt(parameters, "STEPS", context),
+            "tile": algorithm.parameterAsInt(parameters, "TILE", context),
+            "batch": algorithm.parameterAsInt(parameters, "BATCH", context)}
+
+
+def _raster_layers(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext,
+                   what: str) -> list[QgsRasterLayer]:
+    """The raster layers chosen under RASTERS; at least one, or the run stops."""
+    rasters = [layer for layer in algorithm.parameterAsLayerList(parameters, "RASTERS", context)
+               if isinstance(layer, QgsRasterLayer)]
+    if not rasters:
+        raise QgsProcessingException(f"Choose at least one {what}.")
+    return rasters
+
+
 def _polygon_file(layer: QgsVectorLayer | None) -> tuple[str, str | None]:
     if layer is None:
         raise QgsProcessingException("Choose the polygon layer.")
@@ -126,12 +157,10 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster to classify"))
-        tile = QgsProcessingParameterNumber("TILE", "Tile size (pixels; default: the model's)",
-                                            QgsProcessingParameterNumber.Integer, optional=True, minValue=32)
+        tile = _integer("TILE", "Tile size (pixels; default: the model's)", None, 32, optional=True)
         tile.setFlags(tile.flags() | tile.FlagAdvanced)
         self.addParameter(tile)
-        batch = QgsProcessingParameterNumber("BATCH", "Tiles per batch", QgsProcessingParameterNumber.Integer,
-                                             8, minValue=1)
+        batch = _integer("BATCH", "Tiles per batch", 8, 1)
         batch.setFlags(batch.flags() | batch.FlagAdvanced)
         self.addParameter(batch)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classified map"))
@@ -197,28 +226,18 @@ class FinetuneAlgorithm(GeoSSLAlgorithm):
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
         self.addParameter(QgsProcessingParameterFile("INIT", "Pretrained encoder (optional)", extension="pt",
                                                      optional=True))
-        self.addParameter(QgsProcessingParameterNumber("STEPS", "Training steps",
-                                                       QgsProcessingParameterNumber.Integer, 300, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (pixels, multiple of 16)",
-                                                       QgsProcessingParameterNumber.Integer, 128, minValue=32))
-        self.addParameter(QgsProcessingParameterNumber("BATCH", "Batch size",
-                                                       QgsProcessingParameterNumber.Integer, 8, minValue=1))
+        _add_training_parameters(self, steps=300, tile=128, min_tile=32, batch=8, min_batch=1)
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file", "GeoSSL model (*.pt)"))
         self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", "Steps trained"))
         _metric_outputs(self)
 
     def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
-        rasters = [layer for layer in self.parameterAsLayerList(parameters, "RASTERS", context)
-                   if isinstance(layer, QgsRasterLayer)]
-        if not rasters:
-            raise QgsProcessingException("Choose at least one training raster.")
+        rasters = _raster_layers(self, parameters, context, "training raster")
         params, layer = _PolygonTraining.polygon_params(self, parameters, context)
         params.update(
             rasters=[_raster_file(r, "training raster") for r in rasters],
             encoder=ENCODERS[self.parameterAsEnum(parameters, "ENCODER", context)],
-            steps=self.parameterAsInt(parameters, "STEPS", context),
-            tile=self.parameterAsInt(parameters, "TILE", context),
-            batch=self.parameterAsInt(parameters, "BATCH", context),
+            **_training_values(self, parameters, context),
             out=self.parameterAsFileOutput(parameters, "OUTPUT", context),
         )
         init = self.parameterAsFile(parameters, "INIT", context)
@@ -282,12 +301,7 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterString("METHOD", "Method (e.g. glcnet, simclr)", "glcnet"))
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
-        self.addParameter(QgsProcessingParameterNumber("STEPS", "Training steps",
-                                                       QgsProcessingParameterNumber.Integer, 1000, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (pixels, multiple of 16)",
-                                                       QgsProcessingParameterNumber.Integer, 256, minValue=64))
-        self.addParameter(QgsProcessingParameterNumber("BATCH", "Batch size",
-                                                       QgsProcessingParameterNumber.Integer, 32, minValue=2))
+        _add_training_parameters(self, steps=1000, tile=256, min_tile=64, batch=32, min_batch=2)
         resume = QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run with the same output", False)
         resume.setFlags(resume.flags() | resume.FlagAdvanced)
         self.addParameter(resume)
@@ -295,17 +309,12 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
                                                                 "GeoSSL checkpoint (*.pt)"))
 
     def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
-        rasters = [layer for layer in self.parameterAsLayerList(parameters, "RASTERS", context)
-                   if isinstance(layer, QgsRasterLayer)]
-        if not rasters:
-            raise QgsProcessingException("Choose at least one raster.")
+        rasters = _raster_layers(self, parameters, context, "raster")
         return {
             "rasters": [_raster_file(r, "raster") for r in rasters],
             "method": self.parameterAsString(parameters, "METHOD", context).strip(),
             "encoder": ENCODERS[self.parameterAsEnum(parameters, "ENCODER", context)],
-            "steps": self.parameterAsInt(parameters, "STEPS", context),
-            "tile": self.parameterAsInt(parameters, "TILE", context),
-            "batch": self.parameterAsInt(parameters, "BATCH", context),
+            **_training_values(self, parameters, context),
             "resume": self.parameterAsBool(parameters, "RESUME", context),
             "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
         }
