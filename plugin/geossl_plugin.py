@@ -82,6 +82,7 @@ class GeoSSLPlugin:
         if visible and self.dock is None:
             self.dock = GeoSSLDock(self.iface.messageBar(), self.iface.mainWindow())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.dock.use_map_canvas(self.iface.mapCanvas(), self.iface.setActiveLayer)
             # Closing with the dock's own X (or opening it from View ▸ Panels) must keep the action in step.
             self.dock.closed.connect(lambda: self._sync_action(False))
             self.dock.opened.connect(lambda: self._sync_action(True))

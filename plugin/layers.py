@@ -8,13 +8,20 @@ so it is tested directly against real QGIS layers.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsColorRampShader,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsFeatureRequest,
+    QgsField,
+    QgsFields,
+    QgsFillSymbol,
     QgsLayerTreeGroup,
     QgsMapLayer,
     QgsPalettedRasterRenderer,
@@ -22,10 +29,14 @@ from qgis.core import (
     QgsProviderRegistry,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRendererCategory,
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
+    QgsVectorFileWriter,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
+from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
 GROUP_NAME = "GeoSSL"
@@ -147,6 +158,72 @@ def class_colours(layer: QgsVectorLayer, field: str) -> dict[str, str]:
             continue
         colours[_class_key(value)] = category.symbol().color().name()
     return colours
+
+
+# --- training polygons ---------------------------------------------------------------------------
+
+def class_category(value: str, colour: str | None = None) -> QgsRendererCategory:
+    """A category for one class (a random pleasant colour unless given), labelled with its value."""
+    if colour is None:
+        colour = QColor.fromHsv(random.randrange(360), 160, 220).name()
+    return QgsRendererCategory(value, QgsFillSymbol.createSimple({"color": colour, "outline_color": "#333333"}),
+                               str(value))
+
+
+def create_label_layer(path: str, field: str = "class", crs: QgsCoordinateReferenceSystem | None = None,
+                       classes: Iterable[str] = (), name: str | None = None) -> QgsVectorLayer:
+    """A new, empty polygon GeoPackage with a text class field, styled Categorized by that field.
+
+    Saved to a file from the start so the backend can read it as soon as the user saves their
+    edits; the categorized style is what ``class_colours`` reads, so the colours the user gives
+    the classes become the map's colours. ``classes`` pre-creates one category per name.
+    """
+    if not path.lower().endswith(".gpkg"):
+        path += ".gpkg"
+    layer_name = name or os.path.splitext(os.path.basename(path))[0] or "labels"
+    fields = QgsFields()
+    fields.append(QgsField(field, QVariant.String))
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    options.layerName = layer_name
+    writer = QgsVectorFileWriter.create(path, fields, QgsWkbTypes.Polygon,
+                                        crs or QgsCoordinateReferenceSystem(), QgsCoordinateTransformContext(),
+                                        options)
+    failed = writer.hasError() != QgsVectorFileWriter.NoError
+    message = writer.errorMessage()
+    del writer  # closes the file
+    if failed:
+        raise LayerError(f"Could not create {path}: {message}")
+    layer = QgsVectorLayer(f"{path}|layername={layer_name}", layer_name, "ogr")
+    if not layer.isValid():
+        raise LayerError(f"QGIS cannot open the new layer {path}.")
+    categories = [class_category(c) for c in dict.fromkeys(c.strip() for c in classes) if c]
+    layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
+    return layer
+
+
+def class_counts(layer: QgsVectorLayer, field: str) -> dict[Any, tuple[int, float]]:
+    """class value → (polygons, area in the layer CRS's map units²), including unsaved edits.
+
+    Shown before training so a class with one polygon (nothing left to validate on) or a
+    single-class layer is noticed before a job is spent on it. Features without a class count
+    under ``None``; features without a geometry are skipped (the backend cannot rasterize them).
+    """
+    index = layer.fields().indexOf(field) if isinstance(layer, QgsVectorLayer) else -1
+    if index < 0:
+        return {}
+    request = QgsFeatureRequest().setSubsetOfAttributes([index])
+    counts: dict[Any, tuple[int, float]] = {}
+    for feature in layer.getFeatures(request):
+        geometry = feature.geometry()
+        if geometry is None or geometry.isEmpty():
+            continue
+        value = feature.attribute(index)
+        if value is None or (hasattr(value, "isNull") and value.isNull()) or value == "":
+            value = None
+        n, area = counts.get(value, (0, 0.0))
+        counts[value] = (n + 1, area + geometry.area())
+    return counts
 
 
 # --- result layers ------------------------------------------------------------------------------

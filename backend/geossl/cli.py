@@ -60,7 +60,7 @@ def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
         encoder=args.encoder, tile=args.tile, batch=args.batch, epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
+        resume=args.resume, extent=args.extent, extent_crs=args.extent_crs,
     )
     return run_pretrain(params, progress)
 
@@ -86,6 +86,7 @@ def _predict(args: argparse.Namespace, progress) -> dict[str, Any]:
     params = PredictParams(
         model=args.model, raster=args.raster, out=args.out, confidence=args.confidence, tile=args.tile,
         overlap=args.overlap, batch=args.batch, device=args.device, amp=not args.no_amp,
+        extent=args.extent, extent_crs=args.extent_crs,
     )
     return run_predict(params, progress)
 
@@ -158,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="machine-readable output: progress as JSON "
                         "lines on stderr, the result as one JSON object on stdout")
 
+    def extent(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                        help=f"only {what} inside this rectangle (default: the whole raster)")
+        sp.add_argument("--extent-crs", metavar="CRS", help="CRS of --extent, e.g. EPSG:4326 (default: the raster's)")
+
     def device(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to compute (default: the GPU when there is one)")
@@ -190,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                     help="write the resume state every N steps (default 500)")
     pt.add_argument("--resume", action="store_true", help="continue from ENC.pt.state.pt, exactly where it stopped")
+    extent(pt, "sample training windows")
     device(pt)
     common(pt)
     pt.set_defaults(run=_pretrain)
@@ -232,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")
     pr.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     pr.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    extent(pr, "classify")
     device(pr)
     common(pr)
     pr.set_defaults(run=_predict)

@@ -133,7 +133,7 @@ class ValidityGrid:
     are at least ``tile // 16`` pixels and at most 1024 cells a side, so the grid stays small.
     """
 
-    def __init__(self, info: RasterInfo, tile: int, chunk: int = 1024) -> None:
+    def __init__(self, info: RasterInfo, tile: int, chunk: int = 1024, region: Window | None = None) -> None:
         self.width, self.height = info.width, info.height
         self.cell = max(1, tile // 16, -(-max(info.width, info.height) // 1024))
         c = self.cell
@@ -150,6 +150,12 @@ class ValidityGrid:
                     padded[:h, :w] = valid
                     blocks = padded.reshape(padded.shape[0] // c, c, padded.shape[1] // c, c).sum(axis=(1, 3))
                     counts[y0 // c : y0 // c + blocks.shape[0], x0 // c : x0 // c + blocks.shape[1]] = blocks
+        if region is not None:  # only cells inside the user's extent count as places to sample
+            keep = np.zeros_like(counts, bool)
+            r0, c0 = int(region.row_off) // c, int(region.col_off) // c
+            r1, c1 = -(-int(region.row_off + region.height) // c), -(-int(region.col_off + region.width) // c)
+            keep[r0:r1, c0:c1] = True
+            counts[~keep] = 0
         rows = np.minimum(c, info.height - np.arange(gh) * c)
         cols = np.minimum(c, info.width - np.arange(gw) * c)
         self.counts = counts
@@ -213,12 +219,14 @@ class UnlabeledTiles(Dataset):
         max_nodata: float = MAX_NODATA,
         max_overlap: float = MAX_OVERLAP,
         tries: int = TRIES,
+        regions: Sequence[Window | None] | None = None,
     ) -> None:
         if batch % world_size:
             raise ValueError(f"batch {batch} is not a multiple of the {world_size} processes")
         self.rasters = list(rasters)
         self.readers = _RasterReaders(self.rasters)
-        self.grids = [ValidityGrid(r, tile) for r in self.rasters]
+        regions = regions or [None] * len(self.rasters)
+        self.grids = [ValidityGrid(r, tile, region=w) for r, w in zip(self.rasters, regions, strict=True)]
         cells = np.concatenate([g.counts.ravel() for g in self.grids])
         if cells.sum() == 0:
             raise GeoSSLError("The rasters hold no valid pixel (everything is nodata).",

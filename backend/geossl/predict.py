@@ -21,7 +21,15 @@ from .classes import ClassTable, write_qml
 from .errors import GeoSSLError
 from .models import autocast, build_model, pick_device, prepare
 from .progress import Clock, ProgressCallback, null_progress
-from .raster_io import BandStats, check_output_path, geotiff_writer, open_raster, raster_info
+from .raster_io import (
+    BandStats,
+    check_output_path,
+    extent_window,
+    geotiff_writer,
+    open_raster,
+    raster_info,
+    window_info,
+)
 from .schemas import PredictParams
 from .tiling import RowBuffer, predict_stripes
 
@@ -60,6 +68,13 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
             f"The model expects {ckpt['in_channels']} bands but '{Path(params.raster).name}' has {info.count}.",
             "predict on a raster with the same bands as the training rasters.",
         )
+    window = None
+    if params.extent:
+        window = extent_window(info, params.extent, params.extent_crs)
+        if window is None:
+            raise GeoSSLError(f"The extent does not overlap '{Path(params.raster).name}'.",
+                              "choose an extent over the raster (or none for the whole raster).")
+        info = window_info(info, window)
     table = ClassTable.from_dict(ckpt["classes"])
     stats = BandStats.from_dict(ckpt["band_stats"])
     tile = params.tile or int(ckpt.get("tile", 256))
@@ -92,7 +107,8 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
 
         buffer = RowBuffer(write)
         predictor = torch_predictor(model, device, params.amp)
-        for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles):
+        for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles,
+                                     window=window):
             buffer.add(block)
         buffer.flush()
     write_qml(out.with_suffix(".qml"), table)

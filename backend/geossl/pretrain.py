@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from rasterio.windows import Window
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -47,7 +48,14 @@ from .errors import GeoSSLError
 from .methods import PretrainMethod, get_method
 from .models import autocast, build_model, pick_device, prepare
 from .progress import Clock, ProgressCallback, null_progress
-from .raster_io import BandStats, RasterInfo, check_output_path, compute_band_stats, raster_info
+from .raster_io import (
+    BandStats,
+    RasterInfo,
+    check_output_path,
+    compute_band_stats,
+    extent_window,
+    raster_info,
+)
 from .schemas import PretrainParams
 
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -75,6 +83,17 @@ def expand_rasters(paths: list[str]) -> list[str]:
         else:
             out.append(str(p))
     return out
+
+
+def extent_regions(infos: list[RasterInfo], params: PretrainParams) -> list[Window | None] | None:
+    """Per raster, the window of the user's extent (an empty one for rasters it misses)."""
+    if not params.extent:
+        return None
+    regions = [extent_window(i, params.extent, params.extent_crs) or Window(0, 0, 0, 0) for i in infos]
+    if not any(r.width for r in regions):
+        raise GeoSSLError("The extent does not overlap any of the rasters.",
+                          "choose an extent over the imagery (or none to use whole rasters).")
+    return regions
 
 
 def check_rasters(paths: list[str]) -> list[RasterInfo]:
@@ -348,7 +367,8 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
                                         find_unused_parameters=True)
 
     progress(Clock().event("pretrain", step, total, message="Mapping valid pixels…"))
-    dataset = UnlabeledTiles(infos, stats, params.tile, params.batch, total, params.seed, ctx.rank, ctx.world_size)
+    dataset = UnlabeledTiles(infos, stats, params.tile, params.batch, total, params.seed, ctx.rank, ctx.world_size,
+                             regions=extent_regions(infos, params))
     loader = DataLoader(dataset, batch_size=None, sampler=range(step, total), num_workers=params.workers,
                         pin_memory=device.type == "cuda")
     log = _open_log(lpath, step) if ctx.main else None

@@ -11,12 +11,13 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
 
 from .errors import GeoSSLError
@@ -208,6 +209,38 @@ def compute_band_stats(
     mean = clipped.mean(axis=1)
     std = np.maximum(clipped.std(axis=1), 1e-6)
     return BandStats(low.tolist(), high.tolist(), mean.tolist(), std.tolist())
+
+
+def extent_window(info: RasterInfo, extent: Sequence[float], extent_crs: str | None = None) -> Window | None:
+    """The pixel window of ``info`` covering ``extent`` ([xmin, ymin, xmax, ymax] in ``extent_crs``,
+    default the raster's CRS), snapped outwards to whole pixels and clipped to the raster; None
+    when the extent misses the raster."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    bounds = tuple(float(v) for v in extent)
+    try:
+        other = CRS.from_user_input(extent_crs) if extent_crs else None
+    except CRSError as exc:
+        raise GeoSSLError(f"The extent's CRS '{extent_crs}' is not a coordinate reference system.",
+                          "give an authority code such as EPSG:4326, or leave it out for the raster's CRS.") from exc
+    if other is not None and info.crs and other != CRS.from_wkt(info.crs):
+        bounds = transform_bounds(extent_crs, info.crs, *bounds, densify_pts=21)
+    win = from_bounds(*bounds, transform=info.affine)
+    col0, row0 = max(0, int(np.floor(win.col_off + 1e-6))), max(0, int(np.floor(win.row_off + 1e-6)))
+    col1 = min(info.width, int(np.ceil(win.col_off + win.width - 1e-6)))
+    row1 = min(info.height, int(np.ceil(win.row_off + win.height - 1e-6)))
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def window_info(info: RasterInfo, window: Window) -> RasterInfo:
+    """``info`` cut to ``window``: same CRS and resolution, the window's size and origin."""
+    from rasterio.windows import transform as window_transform
+
+    return replace(info, width=int(window.width), height=int(window.height),
+                   transform=tuple(window_transform(window, info.affine))[:6])
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

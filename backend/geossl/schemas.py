@@ -67,7 +67,22 @@ class FinetuneParams(_Params):
         return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
 
 
-class PredictParams(_Params):
+class _Extent(_Params):
+    """An optional area to restrict a job to (the panel's canvas / layer / drawn extent)."""
+
+    extent: list[float] | None = Field(None, min_length=4, max_length=4,
+                                       description="[xmin, ymin, xmax, ymax] to restrict the job to")
+    extent_crs: str | None = Field(None, description="CRS of extent (e.g. EPSG:4326); default: the raster's")
+
+    @field_validator("extent")
+    @classmethod
+    def _ordered(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+            raise ValueError("extent must be [xmin, ymin, xmax, ymax] with xmin < xmax and ymin < ymax")
+        return v
+
+
+class PredictParams(_Extent):
     """Tiled prediction of a whole raster."""
 
     model: str
@@ -119,7 +134,7 @@ def view_size(tile: int) -> int:
     return max(32, tile * 7 // 8 // 16 * 16)
 
 
-class PretrainParams(_Params):
+class PretrainParams(_Extent):
     """Self-supervised pretraining of a DeepLabV3+ on unlabeled rasters."""
 
     rasters: list[str] = Field(min_length=1, description="Unlabeled rasters or folders of GeoTIFFs (same bands)")

@@ -66,12 +66,16 @@ def predict_stripes(
     batch_size: int,
     stripe: int = 4096,
     on_tiles: Callable[[int, int], None] | None = None,
+    window: Window | None = None,
 ):
-    """Yield ``TileOutput`` blocks covering the raster ``src`` (an open rasterio dataset).
+    """Yield ``TileOutput`` blocks covering the raster ``src`` (an open rasterio dataset), or only
+    its ``window``; output windows are then relative to that window.
 
     ``on_tiles(done, total)`` is called after each batch for progress reporting.
     """
-    height, width = src.height, src.width
+    window = window or Window(0, 0, src.width, src.height)
+    wx, wy = int(window.col_off), int(window.row_off)
+    height, width = int(window.height), int(window.width)
     stride = max(1, tile - overlap)
     ys = tile_starts(height, tile, stride)
     xs_all = tile_starts(width, tile, stride)
@@ -92,7 +96,7 @@ def predict_stripes(
         wsum = np.zeros((tile, ext_w), np.float32)
         for i, y in enumerate(ys):
             rows = min(tile, height - y)
-            data, valid = read_window(src, Window(ex0, y, ex1 - ex0, rows))
+            data, valid = read_window(src, Window(wx + ex0, wy + y, ex1 - ex0, rows))
             x_norm = stats.normalise(data, valid)
             if x_norm.shape[1:] != (tile, ext_w):  # raster smaller than a tile: mirror, not zeros
                 x_norm = np.pad(x_norm, ((0, 0), (0, tile - rows), (0, ext_w - (ex1 - ex0))), mode="symmetric")

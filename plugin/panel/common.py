@@ -8,6 +8,7 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
+    QgsCoordinateReferenceSystem,
     QgsFieldProxyModel,
     QgsMapLayer,
     QgsMapLayerProxyModel,
@@ -15,7 +16,13 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
+from qgis.gui import (
+    QgsCollapsibleGroupBox,
+    QgsExtentGroupBox,
+    QgsFieldComboBox,
+    QgsMapCanvas,
+    QgsMapLayerComboBox,
+)
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -61,6 +68,11 @@ class Section(QgsCollapsibleGroupBox):
         # Where new model files go: the local service's <data-dir>/models (set by the dock); None when
         # unknown (a remote backend), and the model is written beside its input instead.
         self.models_dir: Callable[[], Path | None] = lambda: None
+        self.canvas: QgsMapCanvas | None = None
+
+    def set_map_canvas(self, canvas: QgsMapCanvas | None) -> None:
+        """QGIS's map canvas (from iface), for extents taken from or drawn on the map (override)."""
+        self.canvas = canvas
 
     def set_backend(self, info: BackendInfo | None) -> None:
         """Connected (info) or not (None): sections enable their Run button accordingly."""
@@ -202,6 +214,50 @@ def class_field_combo(parent: QWidget) -> QgsFieldComboBox:
     combo = QgsFieldComboBox(parent)
     combo.setFilters(QgsFieldProxyModel.String | QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
     return combo
+
+
+def extent_box(parent: QWidget, object_name: str) -> QgsExtentGroupBox:
+    """An optional area of interest, off by default (the whole raster); a checkable group box."""
+    box = QgsExtentGroupBox(parent)
+    box.setObjectName(object_name)
+    box.setTitle("Limit to extent")
+    box.setCheckable(True)
+    box.setChecked(False)
+    box.setToolTip("Process only this part of the raster (canvas extent, a layer's extent, or drawn)")
+    return box
+
+
+def follow_raster(box: QgsExtentGroupBox, layer: QgsMapLayer | None, canvas: QgsMapCanvas | None = None) -> None:
+    """Express the extent in ``layer``'s CRS and offer its extent as the "original" one.
+
+    The backend crops in raster pixels, so the extent is sent in the raster's own CRS: QGIS
+    reprojects a canvas extent or a drawn rectangle into it, not the backend.
+    """
+    if layer is None or not layer.isValid():
+        return
+    box.setOriginalExtent(layer.extent(), layer.crs())
+    if canvas is not None:
+        box.setCurrentExtent(canvas.extent(), canvas.mapSettings().destinationCrs())
+    else:
+        box.setCurrentExtent(layer.extent(), layer.crs())
+    box.setOutputCrs(layer.crs())
+
+
+def crs_text(crs: QgsCoordinateReferenceSystem) -> str:
+    """``EPSG:32633`` when the CRS has an authority id, else its WKT (a custom CRS)."""
+    return crs.authid() or crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
+
+
+def extent_params(box: QgsExtentGroupBox) -> dict[str, Any] | None:
+    """``{"extent": [xmin, ymin, xmax, ymax], "extent_crs": ...}`` when the box is ticked, ``{}`` when not,
+    None when it is ticked but holds no usable extent (the caller reports it)."""
+    if not box.isChecked():
+        return {}
+    rect = box.outputExtent()
+    if rect.isNull() or rect.isEmpty() or not box.outputCrs().isValid():
+        return None
+    return {"extent": [rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()],
+            "extent_crs": crs_text(box.outputCrs())}
 
 
 def replace_items(combo: QComboBox, items: Iterable[str]) -> None:

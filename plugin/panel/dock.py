@@ -6,10 +6,12 @@ and log: a user mistake is a sentence in the message bar, never a traceback dial
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from qgis.core import Qgis, QgsMessageLog, QgsProject
-from qgis.gui import QgsDockWidget, QgsMessageBar
+from qgis.core import Qgis, QgsMapLayer, QgsMessageLog, QgsProject
+from qgis.gui import QgsDockWidget, QgsMapCanvas, QgsMessageBar
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
@@ -72,6 +74,14 @@ class GeoSSLDock(QgsDockWidget):
         """The sections below Backend, top to bottom (Jobs last)."""
         return (self.pretrain_section, self.finetune_section, self.segment_section, self.evaluate_section,
                 self.jobs_section)
+
+    def use_map_canvas(self, canvas: QgsMapCanvas | None,
+                       set_active_layer: Callable[[QgsMapLayer], Any] | None = None) -> None:
+        """Hook the sections to QGIS's map (iface): extents from/drawn on the canvas, layer activation."""
+        for section in (self.pretrain_section, self.segment_section):
+            section.set_map_canvas(canvas)
+        if set_active_layer is not None:
+            self.finetune_section.activate_layer = set_active_layer
 
     def shutdown(self) -> None:
         """Stop polling and the local backend before the plugin unloads."""

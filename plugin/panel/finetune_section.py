@@ -6,15 +6,36 @@ field, so the map comes out in the colours the user already picked for the polyg
 
 from __future__ import annotations
 
+import contextlib
+import html
 import re
+from collections.abc import Callable
 from typing import Any
 
-from qgis.core import QgsProject, QgsVectorLayer
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QWidget
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsMapLayer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsUnitTypes,
+    QgsVectorLayer,
+)
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from ..client import ApiClient
-from ..layers import LayerError, categorized_field, class_colours
+from ..layers import LayerError, categorized_field, class_colours, class_counts, create_label_layer
 from .common import (
     JobSection,
     RasterChecklist,
@@ -43,6 +64,44 @@ def safe_name(text: str, default: str = "model") -> str:
     """A file-name-safe model name from a layer name."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip()).strip("._")
     return name or default
+
+
+WARN = "#d07000"  # orange: worth fixing before training, not an error
+_LAYER_EDIT_SIGNALS = ("featureAdded", "featuresDeleted", "geometryChanged", "attributeValueChanged",
+                       "afterCommitChanges", "afterRollBack", "dataChanged")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def counts_html(counts: dict[Any, tuple[int, float]], pixel_area: float | None = None,
+                unit: str = "map units²") -> str:
+    """Per class: polygons and area (in pixels when ``pixel_area`` is known), then warnings in orange.
+
+    Fewer than 2 polygons in a class leaves none for validation; fewer than 2 classes has nothing
+    to separate: both are worth seeing before a job is spent on them.
+    """
+    if not counts:
+        return f"<span style='color:{WARN}'>No polygons yet: draw at least 2 per class, 2 classes or more.</span>"
+    rows, warnings = [], []
+    for value in sorted(counts, key=lambda v: (v is None, str(v))):
+        n, area = counts[value]
+        name = "(no class)" if value is None else html.escape(str(int(value)) if isinstance(value, float)
+                                                             and value.is_integer() else str(value))
+        size = f"{_number(area / pixel_area)} px" if pixel_area else f"{_number(area)} {unit}"
+        style = f" style='color:{WARN}'" if n < 2 or value is None else ""
+        rows.append(f"<tr{style}><td>{name}</td><td align='right'>&nbsp;{n}</td>"
+                    f"<td align='right'>&nbsp;{size}</td></tr>")
+        if value is None:
+            warnings.append(f"{n} polygon(s) have no class: they are ignored.")
+        elif n < 2:
+            warnings.append(f"'{name}' has {n} polygon: it cannot be validated (draw at least 2).")
+    if len([v for v in counts if v is not None]) < 2:
+        warnings.append("Fewer than 2 classes: draw polygons of at least 2 classes.")
+    table = ("<table><tr><th align='left'>class</th><th>&nbsp;polygons</th><th>&nbsp;area</th></tr>"
+             + "".join(rows) + "</table>")
+    return table + "".join(f"<div style='color:{WARN}'>⚠ {w}</div>" for w in warnings)
 
 
 def colour_swatches(colours: dict[str, str]) -> str:
@@ -77,12 +136,28 @@ class FinetuneSection(JobSection):
         super().__init__("2 · Fine-tune", client, jobs, project, parent)
         self.setObjectName("geosslFinetuneSection")
         self._models: list[ModelEntry] = []
+        self._watched: QgsVectorLayer | None = None  # the layer whose edit signals refresh the counts
+        # Makes the new label layer the active one (iface.setActiveLayer), so digitising starts at once.
+        self.activate_layer: Callable[[QgsMapLayer], Any] = lambda _layer: None
 
         self.rasters = RasterChecklist(self.project, self)
         self.rasters.setToolTip("Rasters the polygons were drawn on (several only if they have the same bands)")
         self.polygons = polygon_combo(self, "geosslPolygonLayer")
+        self.new_layer_button = QPushButton("New label layer…", self)
+        self.new_layer_button.setObjectName("geosslNewLabelLayer")
+        self.new_layer_button.setToolTip("Create a polygon GeoPackage with a 'class' field, styled by class, "
+                                         "and start drawing in it")
+        self.new_layer_button.clicked.connect(self._ask_new_label_layer)
         self.class_field = class_field_combo(self)
         self.class_field.setObjectName("geosslClassField")
+        self.counts_label = QLabel(self)
+        self.counts_label.setObjectName("geosslClassCounts")
+        self.counts_label.setWordWrap(True)
+        self.counts_label.setTextFormat(Qt.RichText)
+        self._counts_timer = QTimer(self)  # one recount after a burst of edits, not one per feature
+        self._counts_timer.setSingleShot(True)
+        self._counts_timer.setInterval(150)
+        self._counts_timer.timeout.connect(self.show_counts)
         self.colours_label = QLabel(self)
         self.colours_label.setWordWrap(True)
         self.encoder = QComboBox(self)
@@ -99,8 +174,12 @@ class FinetuneSection(JobSection):
 
         form = QFormLayout(self)
         form.addRow("Rasters", self.rasters)
-        form.addRow("Polygons", self.polygons)
+        polygon_row = QHBoxLayout()
+        polygon_row.addWidget(self.polygons, 1)
+        polygon_row.addWidget(self.new_layer_button)
+        form.addRow("Polygons", polygon_row)
         form.addRow("Class field", self.class_field)
+        form.addRow("", self.counts_label)
         form.addRow("", self.colours_label)
         form.addRow("Encoder", self.encoder)
         form.addRow("Start from", self.init_model)
@@ -112,6 +191,8 @@ class FinetuneSection(JobSection):
 
         self.polygons.layerChanged.connect(self._on_polygons_changed)
         self.class_field.fieldChanged.connect(self._show_colours)
+        self.class_field.fieldChanged.connect(self.show_counts)
+        self.rasters.itemChanged.connect(self.show_counts)  # the pixel size comes from a ticked raster
         self.init_model.currentIndexChanged.connect(self._on_init_changed)
         self._fill_init_models()
         self._on_polygons_changed(self.polygons.currentLayer())
@@ -131,6 +212,52 @@ class FinetuneSection(JobSection):
     def colours(self) -> dict[str, str]:
         layer = self.polygons.currentLayer()
         return class_colours(layer, self.class_field.currentField()) if isinstance(layer, QgsVectorLayer) else {}
+
+    def pixel_area(self, layer: QgsVectorLayer) -> float | None:
+        """Area of one pixel of the first ticked raster, when it shares the polygons' CRS (else None)."""
+        rasters = [r for r in self.rasters.checked_layers() if isinstance(r, QgsRasterLayer)]
+        if not rasters or rasters[0].crs() != layer.crs():
+            return None
+        area = rasters[0].rasterUnitsPerPixelX() * rasters[0].rasterUnitsPerPixelY()
+        return area if area > 0 else None
+
+    def show_counts(self, *_: Any) -> None:
+        """Polygons and area per class of the chosen layer and field, with warnings (see ``counts_html``)."""
+        layer = self.polygons.currentLayer()
+        field = self.class_field.currentField()
+        if not isinstance(layer, QgsVectorLayer) or not field:
+            self.counts_label.clear()
+            return
+        unit = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits()) + "²" if layer.crs().isValid() else "units²"
+        self.counts_label.setText(counts_html(class_counts(layer, field), self.pixel_area(layer), unit))
+
+    # -- new label layer --------------------------------------------------------------------------
+
+    def label_crs(self) -> QgsCoordinateReferenceSystem:
+        """The first ticked raster's CRS (polygons drawn on it need no reprojection), else the project's."""
+        rasters = self.rasters.checked_layers()
+        return rasters[0].crs() if rasters else self.project.crs()
+
+    def new_label_layer(self, path: str, field: str = "class") -> QgsVectorLayer | None:
+        """Create a label GeoPackage at ``path``, add it, pick it here and start editing it."""
+        try:
+            layer = create_label_layer(path, field, self.label_crs())
+        except LayerError as exc:
+            self.error.emit(exc)
+            return None
+        self.project.addMapLayer(layer)
+        self.polygons.setLayer(layer)
+        self.class_field.setField(field)
+        layer.startEditing()
+        self.activate_layer(layer)
+        self.info_message(f"Draw polygons in '{layer.name()}' and type each one's class; save the edits "
+                          "before fine-tuning.")
+        return layer
+
+    def _ask_new_label_layer(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "New label layer", "", "GeoPackage (*.gpkg)")
+        if path:
+            self.new_label_layer(path)
 
     # -- request ----------------------------------------------------------------------------------
 
@@ -192,7 +319,23 @@ class FinetuneSection(JobSection):
             styled = categorized_field(layer)
             if styled and self.class_field.findText(styled) >= 0:
                 self.class_field.setField(styled)  # the field the user styled by is the class field
+        self._watch(layer if isinstance(layer, QgsVectorLayer) else None)
         self._show_colours()
+        self.show_counts()
+
+    def _recount_soon(self, *_: Any) -> None:
+        self._counts_timer.start()  # not connected directly: start(int) would take a feature id as msec
+
+    def _watch(self, layer: QgsVectorLayer | None) -> None:
+        """Recount when the chosen layer's features change (drawn, deleted, reclassified, saved)."""
+        if self._watched is not None and not sip.isdeleted(self._watched):
+            for name in _LAYER_EDIT_SIGNALS:
+                with contextlib.suppress(TypeError):  # never connected (layer picked before this code ran)
+                    getattr(self._watched, name).disconnect(self._recount_soon)
+        self._watched = layer
+        if layer is not None:
+            for name in _LAYER_EDIT_SIGNALS:
+                getattr(layer, name).connect(self._recount_soon)
 
     def _show_colours(self, *_: Any) -> None:
         colours = self.colours()

@@ -9,11 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from qgis.core import QgsProject
+from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QWidget
 
 from ..client import ApiClient
 from ..layers import LayerError
-from .common import JobSection, RasterChecklist, batch_spinbox, model_output, replace_items, tile_spinbox
+from .common import (
+    JobSection,
+    RasterChecklist,
+    batch_spinbox,
+    extent_box,
+    extent_params,
+    follow_raster,
+    model_output,
+    replace_items,
+    tile_spinbox,
+)
 from .finetune_section import DEFAULT_ENCODERS, BudgetInput, encoders_of, safe_name
 
 
@@ -38,6 +49,8 @@ class PretrainSection(JobSection):
         self.batch = batch_spinbox(self, 2, 4096, 32)
         self.model_name = QLineEdit(self)
         self.model_name.setPlaceholderText("encoder name (default: pretrained-<method>)")
+        self.extent = extent_box(self, "geosslPretrainExtent")
+        self.extent.setToolTip("Learn only from this part of the rasters (in the first ticked raster's CRS)")
         self.run_button = self.make_run_button("Pretrain", "geosslRunPretrain")
 
         form = QFormLayout(self)
@@ -49,7 +62,9 @@ class PretrainSection(JobSection):
         form.addRow("Tile", self.tile)
         form.addRow("Batch", self.batch)
         form.addRow("Name", self.model_name)
+        form.addRow(self.extent)
         form.addRow(self.run_button)
+        self.rasters.itemChanged.connect(self._on_rasters_changed)
         self.setCollapsed(True)  # optional: keep the dock short for the common path
 
     def set_backend(self, info: Any) -> None:
@@ -59,6 +74,16 @@ class PretrainSection(JobSection):
         replace_items(self.method, info.methods)
         replace_items(self.encoder, encoders_of(info))
         self.update_state()
+
+    def set_map_canvas(self, canvas: QgsMapCanvas | None) -> None:
+        super().set_map_canvas(canvas)
+        if canvas is not None:
+            self.extent.setMapCanvas(canvas)
+        self._on_rasters_changed()
+
+    def _on_rasters_changed(self, *_: Any) -> None:
+        checked = self.rasters.checked_layers()
+        follow_raster(self.extent, checked[0] if checked else None, self.canvas)
 
     def update_state(self) -> None:
         self.enable_run(self.backend is not None and self.method.count() > 0)
@@ -75,8 +100,12 @@ class PretrainSection(JobSection):
         if not self.method.currentText():
             self.error.emit(LayerError("Pretrain: the backend offers no method; is it up to date?"))
             return None
+        extent = extent_params(self.extent)
+        if extent is None:
+            self.error.emit(LayerError("Pretrain: the extent is ticked but empty: choose one, or untick it."))
+            return None
         return {"rasters": paths, "method": self.method.currentText(), "encoder": self.encoder.currentText(),
-                "tile": self.tile.value(), "batch": self.batch.value(), **self.budget.as_params()}
+                "tile": self.tile.value(), "batch": self.batch.value(), **self.budget.as_params(), **extent}
 
     def model_basename(self) -> str:
         return safe_name(self.model_name.text() or f"pretrained-{self.method.currentText()}")

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QToolButton, QWidget
 
 from ..client import ApiClient
 from ..layers import ClassInfo, LayerError, add_result_layers
-from .common import NOT_CONNECTED, JobSection
+from .common import NOT_CONNECTED, JobSection, extent_box, extent_params, follow_raster
 from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, parse_models
 
@@ -46,6 +46,7 @@ class SegmentSection(JobSection):
         self.output.lineEdit().setPlaceholderText("automatic: next to the raster, <raster>_<model>.tif")
         self.confidence = QCheckBox("Also write a confidence raster", self)
         self.confidence.setChecked(True)
+        self.extent = extent_box(self, "geosslSegmentExtent")
         self.run_button = self.make_run_button("Segment", "geosslRunSegment")
 
         model_row = QHBoxLayout()
@@ -56,7 +57,10 @@ class SegmentSection(JobSection):
         form.addRow("Raster", self.raster)
         form.addRow("Output", self.output)
         form.addRow("", self.confidence)
+        form.addRow(self.extent)
         form.addRow(self.run_button)
+        self.raster.layerChanged.connect(self._on_raster_changed)
+        self._on_raster_changed(self.raster.currentLayer())
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -64,6 +68,12 @@ class SegmentSection(JobSection):
         super().set_backend(info)
         if info is not None:
             self.refresh_models()
+
+    def set_map_canvas(self, canvas: QgsMapCanvas | None) -> None:
+        super().set_map_canvas(canvas)
+        if canvas is not None:
+            self.extent.setMapCanvas(canvas)
+        self._on_raster_changed(self.raster.currentLayer())
 
     def update_state(self) -> None:
         self.enable_run(self.backend is not None and self.model.count() > 0,
@@ -110,7 +120,11 @@ class SegmentSection(JobSection):
         out = self.output.filePath().strip() or self.default_output(path, model)
         if not out.lower().endswith((".tif", ".tiff")):
             out += ".tif"
-        params: dict[str, Any] = {"model": model.path, "raster": path, "out": out}
+        extent = extent_params(self.extent)
+        if extent is None:
+            self.error.emit(LayerError("Segment: the extent is ticked but empty: choose one, or untick it."))
+            return None
+        params: dict[str, Any] = {"model": model.path, "raster": path, "out": out, **extent}
         if self.confidence.isChecked():
             params["confidence"] = str(Path(out).with_name(Path(out).stem + "_confidence.tif"))
         return params
@@ -140,6 +154,9 @@ class SegmentSection(JobSection):
         return layer
 
     # -- slots ------------------------------------------------------------------------------------
+
+    def _on_raster_changed(self, layer: Any) -> None:
+        follow_raster(self.extent, layer if isinstance(layer, QgsRasterLayer) else None, self.canvas)
 
     def _on_models(self, data: Any) -> None:
         current = self.model.currentData()

@@ -118,3 +118,24 @@ def test_console_script_help():
     for flag in ("--raster", "--labels", "--class-field", "--out", "--encoder", "--init", "--epochs", "--steps",
                  "--tile", "--seed"):
         assert flag in out
+
+
+def test_predict_within_an_extent(trained, capsys, tmp_path):
+    """Only the extent is classified: the output covers its pixels, on the source grid."""
+    from tests.data import ORIGIN, PIXEL
+
+    x0, y0 = ORIGIN
+    extent = [x0 + 10 * PIXEL, y0 - 60 * PIXEL, x0 + 50 * PIXEL, y0 - 20 * PIXEL]  # cols 10-50, rows 20-60
+    code, out, err = geossl(capsys, "predict", "--model", trained["model"], "--raster", trained["raster"],
+                            "--out", tmp_path / "part.tif", "--extent", *map(str, extent), "--json")
+    assert code == 0, err
+    with rasterio.open(trained["raster"]) as src, rasterio.open(tmp_path / "part.tif") as part:
+        assert part.shape == (40, 40) and part.crs == src.crs
+        assert part.transform.c == x0 + 10 * PIXEL and part.transform.f == y0 - 20 * PIXEL
+        c = part.read(1)
+    truth = np.repeat(np.where(np.arange(10, 50)[None, :] < 48, 2, 1), 40, axis=0)
+    assert (c == truth).mean() > 0.9
+    lonlat = [13.0, 52.0, 13.1, 52.1]  # far from the raster, in another CRS
+    code, _, err = geossl(capsys, "predict", "--model", trained["model"], "--raster", trained["raster"],
+                          "--out", tmp_path / "none.tif", "--extent", *map(str, lonlat), "--extent-crs", "EPSG:4326")
+    assert code == 2 and "does not overlap" in err and not (tmp_path / "none.tif").exists()

@@ -204,3 +204,28 @@ def test_finetune_init_round_trip(pretrained, capsys):
     code, _, err = geossl(capsys, "finetune", "--raster", four, "--labels", labels, "--class-field", "class",
                           "--out", d / "m4.pt", "--init", pretrained["enc"], "--steps", "1", "--tile", "32")
     assert code == 2 and "expects 3 bands, the raster has 4" in err
+
+
+def test_extent_restricts_where_windows_are_drawn(tmp_path):
+    """Windows of an extent-limited run lie (almost) inside the extent; an extent elsewhere is refused."""
+    from geossl.pretrain import extent_regions
+
+    from tests.data import ORIGIN, PIXEL
+
+    raster = two_class_raster(tmp_path / "r.tif", h=160, w=160)
+    info = raster_info(raster)
+    x0, y0 = ORIGIN
+    params = PretrainParams(rasters=[str(raster)], out=str(tmp_path / "e.pt"), steps=1, tile=64, batch=2,
+                            extent=[x0 + 96 * PIXEL, y0 - 160 * PIXEL, x0 + 160 * PIXEL, y0 - 96 * PIXEL])
+    regions = extent_regions([info], params)
+    assert (regions[0].col_off, regions[0].row_off, regions[0].width, regions[0].height) == (96, 96, 64, 64)
+    ds = UnlabeledTiles([info], compute_band_stats([raster]), tile=32, batch=2, length=20, seed=0, regions=regions)
+    for i in range(len(ds)):
+        for ref in ds.plan(i)[0]:
+            w = ref.window
+            inside = max(0, min(w.col_off + 32, 160) - max(w.col_off, 96)) * max(0, min(w.row_off + 32, 160)
+                                                                                - max(w.row_off, 96))
+            assert inside >= 0.7 * 32 * 32, (w, inside)
+    far = params.model_copy(update={"extent": [13.0, 52.0, 13.1, 52.1], "extent_crs": "EPSG:4326"})
+    with pytest.raises(GeoSSLError, match="does not overlap any of the rasters"):
+        extent_regions([info], far)

@@ -263,6 +263,38 @@ def test_accuracy_through_the_panel(dock: GeoSSLDock, layers: Any, prediction: s
     assert _critical(iface) == []
 
 
+def test_segment_an_extent_through_the_panel(dock: GeoSSLDock, layers: Any, tiny_model: str, qtbot: Any,
+                                            iface: Any, tmp_path: Path) -> None:
+    """The left half of the scene, drawn in another CRS: the backend gets it in the raster's and maps only that."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsRectangle
+
+    raster, _polygons = layers
+    segment = dock.segment_section
+    qtbot.waitUntil(lambda: segment.select_model(tiny_model), timeout=10_000)
+    segment.raster.setLayer(raster)
+    segment.output.setFilePath(str(tmp_path / "half.tif"))
+    full = raster.extent()
+    half = QgsRectangle(full.xMinimum(), full.yMinimum(), full.center().x(), full.yMaximum())
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    drawn = QgsCoordinateTransform(raster.crs(), wgs84, QgsProject.instance()).transformBoundingBox(half)
+    segment.extent.setChecked(True)
+    segment.extent.setOutputExtentFromUser(drawn, wgs84)
+    with qtbot.waitSignal(dock.jobs_section.job_finished, timeout=JOB_MS) as finished:
+        segment.run_button.click()
+    job = finished.args[0]
+    assert _critical(iface) == []
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["params"]["extent_crs"] == "EPSG:32633"
+    result = QgsRasterLayer(str(tmp_path / "half.tif"), "half", "gdal")
+    assert result.isValid() and result.crs().authid() == "EPSG:32633"
+    # WGS84 and back, each a bounding box of a rotated rectangle (grid convergence ~2° here), grows the
+    # half by some 30 m a side: "about half" is up to 5 pixels more; the clip to the raster is exact.
+    assert QgsRectangle(*job["params"]["extent"]).contains(half)
+    assert result.extent().xMinimum() == full.xMinimum() and result.extent().yMaximum() == full.yMaximum()
+    assert 0 <= result.extent().xMaximum() - half.xMaximum() <= 50
+    assert 32 <= result.width() <= 37 and result.height() == 64
+
+
 def test_processing_segment(service: conn.Discovery, data_dir: Path, tiny_model: str, scene: tuple[str, str],
                             tmp_path: Path, qgis_processing: Any) -> None:
     import processing

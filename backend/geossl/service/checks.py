@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import GeoSSLError
-from ..raster_io import RasterInfo, check_output_path, check_training_rasters, raster_info
+from ..raster_io import RasterInfo, check_output_path, check_training_rasters, extent_window, raster_info
 
 # Fields holding paths a job reads, per job type: any of them may be another job's output.
 INPUT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -173,6 +173,9 @@ def _check_predict(p: Any, policy: OutputPolicy, later: Any) -> None:
                               "give the confidence raster its own name.")
         policy.check(p.confidence)
     info = None if later(p.raster) else raster_info(p.raster)
+    if info is not None and p.extent and extent_window(info, p.extent, p.extent_crs) is None:
+        raise GeoSSLError(f"The extent does not overlap '{Path(p.raster).name}'.",
+                          "choose an extent over the raster, or none for the whole raster.")
     tile = p.tile
     if not later(p.model):
         ck = load_checkpoint(p.model, "segmentation")
@@ -225,7 +228,9 @@ def _check_pretrain(p: Any, policy: OutputPolicy, later: Any) -> None:
         mod = None
     expand, check = getattr(mod, "expand_rasters", None), getattr(mod, "check_rasters", None)
     if expand is not None and check is not None:  # folders of GeoTIFFs allowed, no CRS needed
-        check(expand(rasters))
+        infos = check(expand(rasters))
+        if p.extent:
+            mod.extent_regions(infos, p)
     else:
         check_training_rasters(rasters)
 
