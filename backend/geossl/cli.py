@@ -74,7 +74,7 @@ def _finetune(args: argparse.Namespace, progress) -> dict[str, Any]:
         encoder=args.encoder, init=args.init, init_aspp=args.init_aspp, epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, tile=args.tile, batch=args.batch, lr=args.lr,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
-        device=args.device, amp=not args.no_amp, colours=_colours(args.colour),
+        device=args.device, amp=not args.no_amp, colours=_colours(args.colour), resume=args.resume,
     )
     return run_finetune(params, progress)
 
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0, help="random seed (saved with the model)")
     ft.add_argument("--workers", type=int, default=0, help="parallel data-loading processes")
     ft.add_argument("--colour", action="append", metavar="NAME=#rrggbb", help="class colour (repeatable)")
+    ft.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from M.pt.state.pt (saved after every epoch)")
     device(ft)
     common(ft)
     ft.set_defaults(run=_finetune)

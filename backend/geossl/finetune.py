@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import random
 import time
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .classes import IGNORE_INDEX
 from .datasets import LabelledTiles, WindowTiles
 from .errors import GeoSSLError
@@ -152,9 +153,24 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     clock = Clock()
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"kappa": -math.inf, "state": None, "epoch": 0, "metrics": None}
-    step = 0
+    step, start_epoch = 0, 0
+    spath = state_path(out)
+    trainer = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
+    if params.resume and spath.exists():
+        saved = _load_state(spath, params)
+        live = unpack(saved["resume"], saved["state_dict"])
+        for name, obj in trainer.items():
+            if live[name]:
+                obj.load_state_dict(live[name])
+        set_rng_states(live["rng"])
+        best = {"kappa": saved["best_kappa"], "epoch": saved["best_epoch"], "metrics": saved["best_metrics"],
+                "state": live["best"]}
+        history, step, start_epoch = list(saved["history"]), int(saved["step"]), int(saved["epoch"])
+        progress(clock.event("fine-tune", step, total, message=f"Resuming after epoch {start_epoch} (step {step})."))
+    elif params.resume:
+        progress(clock.event("fine-tune", 0, total, message=f"warning: no resume state {spath.name}; starting afresh."))
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
         train_ds.epoch = epoch
         loader = DataLoader(train_ds, batch_size=params.batch, shuffle=False, drop_last=True, **loader_kw)
         losses = []
@@ -198,6 +214,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
             break
         if step >= total:
             break
+        _save_state(spath, trainer, best, params, epoch + 1, step, history)
 
     config = params.model_dump()
     save_checkpoint(
@@ -209,6 +226,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
               "loaded": len(loaded)} if pretrained else None,
         rasters=[i.path for i in infos], steps=step,
     )
+    spath.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return {
         "model": str(out.resolve()),
         "classes": table.to_dict(),
@@ -221,6 +239,35 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         "device": str(device),
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def state_path(out: str | Path) -> Path:
+    """Where a fine-tune keeps its resume state (written after every epoch, removed at the end)."""
+    return Path(f"{out}.state.pt")
+
+
+_MAY_DIFFER_ON_RESUME = {"resume", "workers", "device"}
+
+
+def _save_state(path: Path, trainer: dict[str, Any], best: dict[str, Any], params: FinetuneParams, epoch: int,
+                step: int, history: list[dict[str, Any]]) -> None:
+    """Everything needed to continue after ``epoch`` exactly: weights, optimizer, schedule, RNG, best so far."""
+    tensors: dict[str, torch.Tensor] = {}
+    live = {name: obj.state_dict() for name, obj in trainer.items()} | {"rng": rng_states(), "best": best["state"]}
+    save_checkpoint(path, "finetune-state", tensors, resume=pack(live, tensors),
+                    params=json.loads(params.model_dump_json()), epoch=epoch, step=step, history=history,
+                    best_kappa=best["kappa"], best_epoch=best["epoch"], best_metrics=best["metrics"])
+
+
+def _load_state(path: Path, params: FinetuneParams) -> dict[str, Any]:
+    """A resume state of this very run; one written with other run-defining options is refused."""
+    saved = load_checkpoint(path, "finetune-state")
+    now = json.loads(params.model_dump_json())
+    diff = sorted(k for k in now if k not in _MAY_DIFFER_ON_RESUME and saved["params"].get(k) != now[k])
+    if diff:
+        raise GeoSSLError(f"The resume state '{path.name}' was written with other options ({', '.join(diff)}).",
+                          f"resume with the same options, or delete {path.name} to start afresh.")
+    return saved
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .datasets import UnlabeledTiles
 from .errors import GeoSSLError
 from .methods import PretrainMethod, get_method
@@ -147,62 +146,6 @@ def _start_distributed(ctx: Distributed, device: torch.device) -> torch.device:
 def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
     """A 63-bit seed for random stream ``stream`` of ``step`` on ``rank``: independent of history."""
     return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def rng_states() -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) global RNG states as lists and tensors (weights_only-safe)."""
-    py = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_states(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def pack(obj: Any, tensors: dict[str, torch.Tensor], key: str = "") -> Any:
-    """Split nested state (optimizer state dicts, RNG states) into plain data + a flat tensor dict.
-
-    Checkpoint metadata must be plain data and ``state_dict`` flat tensors, so every tensor moves
-    to ``tensors`` under its path and leaves a ``{"__tensor__": path}`` reference; dicts with
-    non-string keys (optimizer state is keyed by parameter index) keep their keys as items.
-    """
-    if isinstance(obj, torch.Tensor):
-        tensors[key] = obj
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {k: pack(v, tensors, f"{key}/{k}") for k, v in obj.items()}
-        return {"__items__": [[k, pack(v, tensors, f"{key}/{k}")] for k, v in obj.items()]}
-    if isinstance(obj, list | tuple):
-        return [pack(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
-    return obj
-
-
-def unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`pack` (tuples come back as lists)."""
-    if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        if set(obj) == {"__items__"}:
-            return {k: unpack(v, tensors) for k, v in obj["__items__"]}
-        return {k: unpack(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [unpack(v, tensors) for v in obj]
-    return obj
 
 
 def cosine(total: int) -> Any:

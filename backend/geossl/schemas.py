@@ -50,6 +50,7 @@ class FinetuneParams(_Params):
     device: Device = "auto"
     amp: bool = True
     colours: dict[str, str] | None = Field(None, description="Class name → #rrggbb")
+    resume: bool = Field(False, description="Continue from <out>.state.pt (written after every epoch)")
 
     @field_validator("tile")
     @classmethod

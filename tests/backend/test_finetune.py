@@ -85,3 +85,53 @@ def test_bad_pretrained_init_is_refused(scene):
     with pytest.raises(GeoSSLError, match="expects 4 bands, the raster has 3"):
         run_finetune(params)
     assert not (scene["dir"] / "m.pt").exists()
+
+
+def test_interrupted_finetune_resumes_exactly(scene):
+    """Killed after epoch 2 of 3 and resumed: the same model as an uninterrupted run."""
+    from geossl.finetune import state_path
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        def params(name, **kw):
+            return FinetuneParams(rasters=[str(scene["raster"])], labels=str(scene["labels"]), class_field="class",
+                                  out=str(scene["dir"] / name), steps=6, steps_per_epoch=2, tile=32, batch=2,
+                                  seed=5, patience=10, **kw)
+
+        run_finetune(params("full.pt"))
+
+        def crash_in_epoch_3(event):
+            if event.stage == "fine-tune" and event.step == 5 and event.message is None:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_finetune(params("cut.pt"), crash_in_epoch_3)
+        state = state_path(scene["dir"] / "cut.pt")
+        assert state.exists() and not (scene["dir"] / "cut.pt").exists()
+        events = []
+        result = run_finetune(params("cut.pt", resume=True), events.append)
+        assert any((e.message or "").startswith("Resuming after epoch 2 (step 4)") for e in events)
+        assert result["steps"] == 6 and not state.exists()
+        a = load_checkpoint(scene["dir"] / "full.pt")
+        b = load_checkpoint(scene["dir"] / "cut.pt")
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        assert a["history"] == b["history"]
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_resume_with_other_options_is_refused(scene):
+    from geossl.errors import GeoSSLError
+    from geossl.finetune import state_path
+
+    def crash(event):
+        if event.stage == "fine-tune" and event.step == 2 and event.message is None:
+            raise KeyboardInterrupt
+
+    base = dict(rasters=[str(scene["raster"])], labels=str(scene["labels"]), class_field="class",
+                out=str(scene["dir"] / "m.pt"), steps=4, steps_per_epoch=1, tile=32, batch=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(FinetuneParams(**base), crash)
+    assert state_path(scene["dir"] / "m.pt").exists()
+    with pytest.raises(GeoSSLError, match=r"other options \(lr\)"):
+        run_finetune(FinetuneParams(**base, lr=0.01, resume=True))

@@ -66,6 +66,8 @@ def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
         paths += [p for p in (params.get("confidence"), Path(out).with_suffix(".qml")) if p]
     elif job_type == "pretrain" and out:
         paths += _pretrain_sidecars(out)
+    elif job_type == "finetune" and out:
+        paths.append(Path(f"{out}.state.pt"))  # the resume state written after every epoch
     return [resolve(p) for p in paths]
 
 

@@ -95,7 +95,7 @@ def job_types() -> dict[str, JobType]:
         resume = "checkpoint" if "resume" in pretrain_params.model_fields else "restart"
         types["pretrain"] = JobType("pretrain", pretrain_params, "geossl.pretrain:run_pretrain", True, True, resume)
     types["finetune"] = JobType("finetune", schemas.FinetuneParams, "geossl.finetune:run_finetune", True, True,
-                                "restart")
+                                "checkpoint" if "resume" in schemas.FinetuneParams.model_fields else "restart")
     types["predict"] = JobType("predict", schemas.PredictParams, "geossl.predict:run_predict", True, True, "restart")
     types["evaluate"] = JobType("evaluate", schemas.EvaluateParams, "geossl.evaluate:run_evaluate", False, False,
                                 "restart")
