@@ -141,8 +141,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                      f"{r['samples_per_s']:.2f} | {r['data_wait_s']:.3f} | {r['data_share']:.1%} | "
                      f"{r['augment_s']:.3f} | {r['augment_share']:.1%} | {r['regions_s']:.3f} | "
                      f"{r['regions_share']:.1%} |")
-    foot = ("\n\nData share: time blocked on the data loader (window reads + normalisation; everything, "
-            "with 0 workers) over the whole step. Augment: both views' augmentation, on the training "
+    foot = ("\n\nData share: time blocked on the data loader (window reads + normalisation; all of it when "
+            "there are 0 workers, only what the workers have not prepared in time otherwise) over the whole step. Augment: both views' augmentation, on the training "
             "device inside the step. Regions: GLCNet's region selection and matching.\n")
     return head + "\n".join(lines) + foot
 
