@@ -21,6 +21,7 @@ def test_stop_crash_restart_and_resume(tmp_path):
                                    "overlap": 8})
     running = first.wait_job(job["id"], ["running"])
     has_pretrain = "pretrain" in first.get("/info").json()["job_types"]
+    assert has_pretrain, "the service must offer pretrain jobs"
     assert first.stop(signal.SIGTERM, timeout=40) == 0, first.log_text()
     assert not pid_alive(running["worker_pid"])
     assert not (first.data_dir / "service.json").exists()

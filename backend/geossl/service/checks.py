@@ -12,7 +12,6 @@ code, its virtual environment or its data folder's internals.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,13 +48,9 @@ def job_inputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
 
 def _pretrain_sidecars(out: str) -> list[Path]:
     """The resume state and loss log that pretraining writes beside its checkpoint."""
-    try:
-        mod = importlib.import_module("geossl.pretrain")
-    except ImportError:
-        mod = None
-    state = getattr(mod, "state_path", lambda o: Path(f"{o}.state.pt"))
-    log = getattr(mod, "log_path", lambda o: Path(f"{o}.log.jsonl"))
-    return [Path(state(out)), Path(log(out))]
+    from ..pretrain import log_path, state_path
+
+    return [state_path(out), log_path(out)]
 
 
 def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
@@ -67,7 +62,9 @@ def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
     elif job_type == "pretrain" and out:
         paths += _pretrain_sidecars(out)
     elif job_type == "finetune" and out:
-        paths.append(Path(f"{out}.state.pt"))  # the resume state written after every epoch
+        from ..finetune import state_path
+
+        paths.append(state_path(out))  # the resume state written after every epoch
     return [resolve(p) for p in paths]
 
 
@@ -224,17 +221,11 @@ def _check_pretrain(p: Any, policy: OutputPolicy, later: Any) -> None:
     rasters = [r for r in p.rasters if not later(r)]
     if not rasters:
         return
-    try:
-        mod = importlib.import_module("geossl.pretrain")
-    except ImportError:
-        mod = None
-    expand, check = getattr(mod, "expand_rasters", None), getattr(mod, "check_rasters", None)
-    if expand is not None and check is not None:  # folders of GeoTIFFs allowed, no CRS needed
-        infos = check(expand(rasters))
-        if p.extent:
-            mod.extent_regions(infos, p)
-    else:
-        check_training_rasters(rasters)
+    from ..pretrain import check_rasters, expand_rasters, extent_regions
+
+    infos = check_rasters(expand_rasters(rasters))  # folders of GeoTIFFs allowed, no CRS needed
+    if p.extent:
+        extent_regions(infos, p)
 
 
 _CHECKERS = {"finetune": _check_finetune, "predict": _check_predict, "evaluate": _check_evaluate,

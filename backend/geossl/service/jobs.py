@@ -86,20 +86,18 @@ class JobType:
 
 
 def job_types() -> dict[str, JobType]:
-    """The job types this installation offers; ``pretrain`` when its module and parameters exist."""
+    """The job types the service offers, with how each resumes after an interruption."""
     from .. import schemas
 
-    types: dict[str, JobType] = {}
-    pretrain_params = getattr(schemas, "PretrainParams", None)
-    if pretrain_params is not None and importlib.util.find_spec("geossl.pretrain") is not None:
-        resume = "checkpoint" if "resume" in pretrain_params.model_fields else "restart"
-        types["pretrain"] = JobType("pretrain", pretrain_params, "geossl.pretrain:run_pretrain", True, True, resume)
-    types["finetune"] = JobType("finetune", schemas.FinetuneParams, "geossl.finetune:run_finetune", True, True,
-                                "checkpoint" if "resume" in schemas.FinetuneParams.model_fields else "restart")
-    types["predict"] = JobType("predict", schemas.PredictParams, "geossl.predict:run_predict", True, True, "restart")
-    types["evaluate"] = JobType("evaluate", schemas.EvaluateParams, "geossl.evaluate:run_evaluate", False, False,
-                                "restart")
-    return types
+    return {
+        "pretrain": JobType("pretrain", schemas.PretrainParams, "geossl.pretrain:run_pretrain", True, True,
+                            "checkpoint"),
+        "finetune": JobType("finetune", schemas.FinetuneParams, "geossl.finetune:run_finetune", True, True,
+                            "checkpoint"),
+        "predict": JobType("predict", schemas.PredictParams, "geossl.predict:run_predict", True, True, "restart"),
+        "evaluate": JobType("evaluate", schemas.EvaluateParams, "geossl.evaluate:run_evaluate", False, False,
+                            "restart"),
+    }
 
 
 # --- the worker process -----------------------------------------------------------------------------
