@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import QgsSettings
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 BACKEND_PATH_KEY = "geossl/backend_path"
@@ -213,8 +214,13 @@ def _failure_message(path: str, exit_code: int, crashed: bool, stdout: str, stde
 _orphans: set[QProcess] = set()
 
 
-def _let_die(process: QProcess) -> None:
-    """Kill a process we no longer care about and free it once it has exited, without waiting for it."""
+def release_process(process: QProcess, grace_ms: int | None = None) -> None:
+    """End a child we no longer care about without waiting for it, and free it once it has exited.
+
+    ``grace_ms=None`` kills at once; otherwise SIGTERM first (so it can clean up) and a kill after
+    ``grace_ms``. The process is unparented and kept referenced until it exits, so neither its
+    owner's destruction nor garbage collection ends it half-way.
+    """
     for signal in (process.finished, process.errorOccurred):
         with contextlib.suppress(TypeError):  # nothing was connected
             signal.disconnect()
@@ -226,10 +232,15 @@ def _let_die(process: QProcess) -> None:
 
     def _reap(*_: object) -> None:
         _orphans.discard(process)
-        process.deleteLater()
+        if not sip.isdeleted(process):  # at interpreter exit Qt may have destroyed it already
+            process.deleteLater()
 
     process.finished.connect(_reap)
-    process.kill()
+    if grace_ms is None:
+        process.kill()
+        return
+    process.terminate()
+    QTimer.singleShot(grace_ms, lambda: process.kill() if process in _orphans else None)
 
 
 class InfoProbe(QObject):
@@ -286,7 +297,7 @@ class InfoProbe(QObject):
         self._deferred.stop()
         self._deferred_error = None
         if self._process is not None:
-            _let_die(self._process)
+            release_process(self._process)
             self._process = None
 
     def _emit_deferred(self) -> None:
@@ -333,7 +344,7 @@ class InfoProbe(QObject):
         if process is None:
             return
         stderr = bytes(process.readAllStandardError()).decode("utf-8", errors="replace")
-        _let_die(process)
+        release_process(process)
         self.failed.emit(BackendError(
             f"Backend did not answer within {self._timeout_s:g} s; it was stopped. "
             "Try 'geossl info' in a terminal to see what it is doing.", details=_tail(stderr)))

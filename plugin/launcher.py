@@ -7,14 +7,12 @@ older backend without the ``serve`` subcommand is started as ``python -m geossl.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
-from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QIODevice, QObject, QProcess, QTimer, pyqtSignal
 
-from .backend import BackendError, _tail, backend_environment, check_executable
+from .backend import BackendError, _tail, backend_environment, check_executable, release_process
 from .connection import Discovery, discovery_path, read_discovery, remove_stale_discovery
 
 START_TIMEOUT_S = 180.0  # first start: importing torch from a cold disk cache is slow
@@ -126,24 +124,7 @@ class LocalService(QObject):
         self._discovery = None
         if process is None:
             return
-        for signal in (process.finished, process.errorOccurred):
-            with contextlib.suppress(TypeError):
-                signal.disconnect()
-        if process.state() == QProcess.NotRunning:
-            process.deleteLater()
-            return
-        # It must outlive this object until it has exited: unparent it and keep a reference.
-        process.setParent(None)
-        _stopping.add(process)
-
-        def _done(*_: object) -> None:
-            _stopping.discard(process)
-            if not sip.isdeleted(process):  # at interpreter exit Qt may have destroyed it already
-                process.deleteLater()
-
-        process.finished.connect(_done)
-        process.terminate()  # lets the service remove its discovery file and stop its jobs
-        QTimer.singleShot(STOP_GRACE_MS, lambda: process.kill() if process in _stopping else None)
+        release_process(process, STOP_GRACE_MS)  # SIGTERM lets the service remove its discovery file
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -226,5 +207,3 @@ class LocalService(QObject):
             f"The GeoSSL backend did not start within {self._timeout_s:g} s; it was stopped.",
             details=f"{stderr}\n\n(log: {self.log_path()})".strip()))
 
-
-_stopping: set[QProcess] = set()

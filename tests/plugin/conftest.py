@@ -167,6 +167,17 @@ def geossl_data_dir(clean_geossl_settings: None, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def project() -> Iterator[Any]:
+    """QGIS's project, emptied before and after the test."""
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    project.clear()
+    yield project
+    project.clear()
+
+
+@pytest.fixture
 def iface(qgis_iface: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """pytest-qgis's iface, but with docks really docked into its (shown, offscreen) main window.
 

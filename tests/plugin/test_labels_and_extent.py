@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ from .conftest import dispose
 from .gdal_data import ORIGIN, PIXEL, class_polygons, two_class_raster
 
 UTM = QgsCoordinateReferenceSystem("EPSG:32633")
-
-
-@pytest.fixture
-def project() -> Iterator[QgsProject]:
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
 
 
 @pytest.fixture

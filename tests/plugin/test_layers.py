@@ -68,14 +68,6 @@ def polygons(tmp_path: Path) -> Iterator[QgsVectorLayer]:
     dispose(layer)
 
 
-@pytest.fixture
-def project() -> Iterator[QgsProject]:
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
-
-
 # --- class colours --------------------------------------------------------------------------------
 
 def test_colours_come_from_the_categorized_renderer(polygons: QgsVectorLayer) -> None:
