@@ -28,9 +28,12 @@ __all__ = [
     "AugmentConfig",
     "View",
     "augment",
+    "byol_augment",
     "crop_only",
     "device_generator",
     "full_augment",
+    "moco_v2_augment",
+    "random_erase",
 ]
 
 _CROP_ATTEMPTS = 10
@@ -68,6 +71,9 @@ class AugmentConfig:
     grey_p: float = 0.0
     blur_p: float = 0.0
     blur_kernels: tuple[int, ...] = (3, 5, 7)
+    erase_p: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -93,6 +99,24 @@ def full_augment(size: int = 224) -> AugmentConfig:
     grey p 0.1, Gaussian blur p 0.5 with a 3/5/7 kernel.
     """
     return AugmentConfig(size=size, flip_p=0.6, rot90_p=0.8, jitter_p=0.8, grey_p=0.1, blur_p=0.5)
+
+
+def byol_augment(size: int = 224) -> tuple[AugmentConfig, AugmentConfig]:
+    """BYOL's two asymmetric views as RS-BYOL uses them: no colour jitter, plus random erasing.
+
+    BYOL (Grill et al. 2020): crop, flip, blur with p 1.0 for view 1 and 0.1 for view 2, grey p 0.2;
+    RS-BYOL drops colour jitter (different band groups or sensors are the photometric change) and
+    adds random erasing (p 0.5, torchvision's area/aspect defaults) and rotations. Solarisation is
+    left out: it assumes values in [0, 1], which standardised rasters are not.
+    """
+    common = {"size": size, "scale": (0.08, 1.0), "flip_p": 0.5, "rot90_p": 0.5, "grey_p": 0.2, "erase_p": 0.5}
+    return AugmentConfig(blur_p=1.0, **common), AugmentConfig(blur_p=0.1, **common)
+
+
+def moco_v2_augment(size: int = 224) -> AugmentConfig:
+    """MoCo v2's augmentation (Chen et al. 2020) on any band count: crop 0.2-1, jitter p 0.8, grey p 0.2,
+    blur p 0.5, flip; the per-band brightness/contrast jitter stands in for RGB colour jitter."""
+    return AugmentConfig(size=size, scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, grey_p=0.2, blur_p=0.5)
 
 
 def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
@@ -131,6 +155,8 @@ def augment(x: Tensor, config: AugmentConfig, generator: torch.Generator | None 
         image = _grey(image, config.grey_p, gen)
     if config.blur_p > 0:
         image = _blur(image, config, gen)
+    if config.erase_p > 0:
+        image = random_erase(image, config, gen)
     return View(image, index)
 
 
@@ -269,3 +295,31 @@ def _blur(x: Tensor, config: AugmentConfig, gen: torch.Generator | None) -> Tens
     flat = F.conv2d(flat, kernel.view(-1, 1, kmax, 1), groups=batch * bands)
     flat = F.conv2d(flat, kernel.view(-1, 1, 1, kmax), groups=batch * bands)
     return flat.view(batch, bands, height, width)
+
+
+def random_erase(x: Tensor, config: AugmentConfig, gen: torch.Generator | None) -> Tensor:
+    """Random erasing (Zhong et al. 2020, as in RS-BYOL): one rectangle per sample set to 0, the band mean.
+
+    torchvision's rule, vectorised: area share in ``erase_scale``, aspect (log-uniform) in
+    ``erase_ratio``, ten attempts per sample and the first that fits is used (none: nothing erased).
+    Zero is the per-band mean of standardised data, so the patch carries no spectral hint.
+    """
+    batch, _, height, width = x.shape
+    u = _rand((batch, _CROP_ATTEMPTS, 2), gen, x.device)
+    area = height * width * (config.erase_scale[0] + (config.erase_scale[1] - config.erase_scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(config.erase_ratio[0]), math.log(config.erase_ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    h = torch.round(torch.sqrt(area * aspect))
+    w = torch.round(torch.sqrt(area / aspect))
+    fits = (h >= 1) & (h < height) & (w >= 1) & (w < width)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    v = _rand((batch, 3), gen, x.device)
+    apply = (v[:, 0] < config.erase_p) & fits.any(dim=1)
+    top = torch.floor(v[:, 1] * (height - h + 1)).view(batch, 1, 1)
+    left = torch.floor(v[:, 2] * (width - w + 1)).view(batch, 1, 1)
+    rows = torch.arange(height, device=x.device).view(1, height, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, width)
+    inside = (rows >= top) & (rows < top + h.view(batch, 1, 1)) & (cols >= left) & (cols < left + w.view(batch, 1, 1))
+    mask = (inside & apply.view(batch, 1, 1)).unsqueeze(1)
+    return x.masked_fill(mask, 0.0)

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from .classes import IGNORE_INDEX
 from .errors import GeoSSLError
 from .labels import LabelPolygons
+from .paired import PairedReaders
 from .raster_io import BandStats, RasterInfo, open_raster, read_window
 from .sampling import LabelledWindowSampler, WindowRef
 
@@ -220,11 +221,13 @@ class UnlabeledTiles(Dataset):
         max_overlap: float = MAX_OVERLAP,
         tries: int = TRIES,
         regions: Sequence[Window | None] | None = None,
+        pairs: Sequence[RasterInfo] | None = None,
     ) -> None:
         if batch % world_size:
             raise ValueError(f"batch {batch} is not a multiple of the {world_size} processes")
         self.rasters = list(rasters)
-        self.readers = _RasterReaders(self.rasters)
+        # With co-registered pairs (RS-BYOL), each window stacks the raster's and its pair's bands.
+        self.readers = PairedReaders(self.rasters, pairs) if pairs else _RasterReaders(self.rasters)
         regions = regions or [None] * len(self.rasters)
         self.grids = [ValidityGrid(r, tile, region=w) for r, w in zip(self.rasters, regions, strict=True)]
         cells = np.concatenate([g.counts.ravel() for g in self.grids])

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_with_grad", "nt_xent", "region_nt_xent"]
+__all__ = ["byol_loss", "gather_with_grad", "info_nce", "normalized_mse", "nt_xent", "region_nt_xent"]
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -105,3 +105,31 @@ def region_nt_xent(z1: Tensor, z2: Tensor, valid: Tensor | None = None, temperat
     that could not be placed (``valid`` False) are dropped.
     """
     return nt_xent(z1, z2, temperature, exclude_positive=True, valid=valid)
+
+
+def normalized_mse(p: Tensor, z: Tensor) -> Tensor:
+    """BYOL's per-sample loss ‖p/‖p‖ − z/‖z‖‖² = 2 − 2·cos(p, z), shape (N,), in float32."""
+    return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)
+
+
+def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    """Symmetric BYOL loss (Grill et al. 2020, eq. 2-3): online predictions ``p1``, ``p2`` of each view
+    against the target projections of the *other* view, ``z2``, ``z1``; summed over the two
+    directions, averaged over the batch. The targets are detached here, so no gradient reaches them
+    whatever the caller did. No negatives: the batch size only matters for BatchNorm."""
+    return (normalized_mse(p1, z2.detach()) + normalized_mse(p2, z1.detach())).mean()
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo's InfoNCE: each query ``q`` (N, D) against its key ``k`` (N, D) and the queued negatives
+    (K, D), cosine similarity over τ, cross-entropy with the key as class 0 (He et al. 2020, eq. 1).
+
+    Keys and queue are treated as constants (the key encoder is a momentum copy); float32 throughout.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.detach().float(), dim=1)
+    negatives = F.normalize(queue.detach().float(), dim=1)
+    logits = torch.cat(((q * k).sum(dim=1, keepdim=True), q @ negatives.T), dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

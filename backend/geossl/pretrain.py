@@ -46,6 +46,7 @@ from .datasets import UnlabeledTiles
 from .errors import GeoSSLError
 from .methods import PretrainMethod, get_method
 from .models import autocast, build_model, pick_device, prepare
+from .paired import check_pairs, stacked_stats
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import (
     BandStats,
@@ -56,10 +57,12 @@ from .raster_io import (
     raster_info,
 )
 from .schemas import PretrainParams
+from .views import ViewBands, parse_view_bands
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 # Options that define the optimisation trajectory: a resume state is only continued with the same.
-RUN_DEFINING = ("method", "method_options", "encoder", "tile", "batch", "lr", "weight_decay", "seed")
+RUN_DEFINING = ("method", "method_options", "encoder", "tile", "batch", "lr", "weight_decay", "seed", "view_bands",
+                "pair")
 
 
 def state_path(out: str | os.PathLike) -> Path:
@@ -103,6 +106,21 @@ def check_rasters(paths: list[str]) -> list[RasterInfo]:
         raise GeoSSLError(f"The rasters have different band counts ({listing}).",
                           "pretrain on rasters with the same bands in the same order.")
     return infos
+
+
+def check_views(params: PretrainParams, infos: list[RasterInfo]) -> tuple[list[RasterInfo] | None, ViewBands | None]:
+    """Paired rasters and the views' bands (RS-BYOL), refused now if they cannot work with the rasters."""
+    if (params.view_bands or params.pair) and not get_method(params.method).supports_views:
+        raise GeoSSLError(f"Method {params.method} takes both views from the same bands.",
+                          "use --method byol or moco with --view-bands / --pair.")
+    pairs = check_pairs(infos, params.pair) if params.pair else None
+    views = parse_view_bands(params.view_bands, infos[0].count, pairs[0].count if pairs else None)
+    return pairs, views
+
+
+def distinct_windows(infos: list[RasterInfo], tile: int) -> int:
+    """How many non-overlapping ``tile`` windows the rasters hold (at least one each)."""
+    return sum(max(1, (i.width // tile) * (i.height // tile)) for i in infos)
 
 
 # --- distributed ----------------------------------------------------------------------------------
@@ -182,12 +200,19 @@ class _Trainer:
         set_rng_states(state["rng"])
 
 
-def _build(params: PretrainParams, in_channels: int, device: torch.device) -> _Trainer:
+def _build(params: PretrainParams, in_channels: int, device: torch.device, views: ViewBands | None = None,
+           windows: int = 0) -> _Trainer:
     torch.manual_seed(params.seed)  # same initial weights on every process and every resume
     model = build_model(params.encoder, in_channels, 1)
-    method = prepare(get_method(params.method)(model, params.view_size, **params.method_options), device)
+    cls = get_method(params.method)
+    options = cls.resolve_options(params.method_options, batch=params.batch, total_steps=params.total_steps,
+                                  windows=windows)
+    extra = {"views": views} if cls.supports_views else {}
+    method = prepare(cls(model, params.view_size, **extra, **options), device)
+    # Momentum copies (BYOL target, MoCo key encoder) have no gradient and stay out of the optimiser.
+    trainable = [p for p in method.parameters() if p.requires_grad]
     # Fused kernels: one pass over all parameters (on CPU ~7x faster than the default per-tensor loop).
-    opt = torch.optim.Adam(method.parameters(), lr=params.lr, betas=(0.9, 0.99), weight_decay=params.weight_decay,
+    opt = torch.optim.Adam(trainable, lr=params.lr, betas=(0.9, 0.99), weight_decay=params.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine(params.total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and params.amp
@@ -275,7 +300,8 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
     rasters = expand_rasters(params.rasters)
     infos = check_rasters(rasters)
     rasters = [i.path for i in infos]
-    in_channels = infos[0].count
+    pairs, views = check_views(params, infos)
+    in_channels = views.channels if views else infos[0].count
     warnings: list[str] = []
     resume = None
     if params.resume:
@@ -296,9 +322,11 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
     else:
         progress(Clock().event("band statistics", 0, 0, message="Computing band statistics…"))
         stats = compute_band_stats(rasters, seed=params.seed)
+        if pairs:
+            stats = stacked_stats(stats, compute_band_stats([p.path for p in pairs], seed=params.seed))
 
     total = params.total_steps
-    trainer = _build(params, in_channels, device)
+    trainer = _build(params, in_channels, device, views, distinct_windows(infos, params.tile))
     step, prior_s = 0, 0.0
     if resume is not None:
         trainer.load(unpack(resume["resume"], resume["state_dict"]))
@@ -311,7 +339,7 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
 
     progress(Clock().event("pretrain", step, total, message="Mapping valid pixels…"))
     dataset = UnlabeledTiles(infos, stats, params.tile, params.batch, total, params.seed, ctx.rank, ctx.world_size,
-                             regions=extent_regions(infos, params))
+                             regions=extent_regions(infos, params), pairs=pairs)
     loader = DataLoader(dataset, batch_size=None, sampler=range(step, total), num_workers=params.workers,
                         pin_memory=device.type == "cuda")
     log = _open_log(lpath, step) if ctx.main else None
@@ -339,6 +367,7 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
             trainer.scaler.step(trainer.opt)
             trainer.scaler.update()
             trainer.sched.step()
+            trainer.method.after_step(step, total)  # momentum encoders follow the weights just stepped
             step += 1
             logs = {**logs, "data_nodata": float(info[0]), "data_overlap": float(info[1])}
             first_loss = logs["loss"] if first_loss is None else first_loss
@@ -362,7 +391,10 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
     if ctx.main:
         save_checkpoint(
             out, "pretrained", model_state,
-            arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, band_stats=stats.to_dict(),
+            arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels,
+            # With band views the encoder saw other bands than the stack's: fine-tuning computes its own.
+            band_stats=None if views else stats.to_dict(), source_band_stats=stats.to_dict() if views else None,
+            views=views.to_dict() if views else None, pair=[p.path for p in pairs] if pairs else None,
             method=params.method, method_options=trainer.method.options, tile=params.tile,
             view_size=params.view_size, seed=params.seed, config=params.model_dump(), steps=step,
             rasters=rasters, world_size=ctx.world_size, final_loss=last_loss,

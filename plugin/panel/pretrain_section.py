@@ -47,6 +47,11 @@ class PretrainSection(JobSection):
         self.budget = BudgetInput(1000, "steps", self)
         self.tile = tile_spinbox(self, 64, 256)
         self.batch = batch_spinbox(self, 2, 4096, 32)
+        self.view_bands = QLineEdit(self)
+        self.view_bands.setObjectName("geosslViewBands")
+        self.view_bands.setPlaceholderText("e.g. 2,3,4,8 5,6,7,9 or random:4 (BYOL, MoCo)")
+        self.view_bands.setToolTip("RS-BYOL views: the two views from two band groups of the same windows "
+                                   "(1-based, equal sizes), or K random bands per view. Empty: the same bands.")
         self.model_name = QLineEdit(self)
         self.model_name.setPlaceholderText("encoder name (default: pretrained-<method>)")
         self.extent = extent_box(self, "geosslPretrainExtent")
@@ -58,6 +63,7 @@ class PretrainSection(JobSection):
         form.addRow("Rasters", self.rasters)
         form.addRow("Method", self.method)
         form.addRow("Encoder", self.encoder)
+        form.addRow("View bands", self.view_bands)
         form.addRow("Training", self.budget)
         form.addRow("Tile", self.tile)
         form.addRow("Batch", self.batch)
@@ -104,8 +110,10 @@ class PretrainSection(JobSection):
         if extent is None:
             self.error.emit(LayerError("Pretrain: the extent is ticked but empty: choose one, or untick it."))
             return None
+        views = self.view_bands.text().split()  # the backend checks them against the rasters' bands
         return {"rasters": paths, "method": self.method.currentText(), "encoder": self.encoder.currentText(),
-                "tile": self.tile.value(), "batch": self.batch.value(), **self.budget.as_params(), **extent}
+                "tile": self.tile.value(), "batch": self.batch.value(), **self.budget.as_params(), **extent,
+                **({"view_bands": views} if views else {})}
 
     def model_basename(self) -> str:
         return safe_name(self.model_name.text() or f"pretrained-{self.method.currentText()}")

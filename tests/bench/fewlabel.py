@@ -1,9 +1,13 @@
-"""Few-label accuracy on the Dubai tiles: random init vs SimCLR vs GLCNet vs a pixel Random Forest.
+"""Few-label accuracy on the Dubai tiles: random init vs SimCLR, GLCNet, BYOL, MoCo v2 vs a pixel Random Forest.
 
 Same polygons (drawn per seed as a user would, ~1% of labelled pixels), same fine-tune budget for
 every row, evaluation on every other labelled pixel of the dense masks. Pretrained encoders are
 made here with `geossl pretrain` on all the imagery (or passed with --glcnet/--simclr), so the
 budget of each is stated beside the table. Results: bench/results/fewlabel.{md,json}.
+
+RS-BYOL is not a row here: its views are two band groups (or two sensors), and these tiles are RGB —
+a random split of three bands would not be RS-BYOL. Its row is in the Sentinel-2 table
+(tests/bench/fewlabel_s2.py), beside BYOL and MoCo v2 on the same bands.
 
     backend/.venv/bin/python tests/bench/fewlabel.py --seeds 0 1 2 --steps 300 --pretrain-steps 2000
 """
@@ -128,6 +132,10 @@ def main() -> None:
     ap.add_argument("--pretrain-batch", type=int, default=16)
     ap.add_argument("--glcnet", type=Path)
     ap.add_argument("--simclr", type=Path)
+    ap.add_argument("--byol", type=Path)
+    ap.add_argument("--moco", type=Path)
+    ap.add_argument("--methods", nargs="+", default=["simclr", "glcnet", "byol", "moco"],
+                    choices=["simclr", "glcnet", "byol", "moco"], help="pretrained rows")
     ap.add_argument("--work", type=Path, help="keep intermediate files here")
     args = ap.parse_args()
     if not args.data.exists():
@@ -137,7 +145,7 @@ def main() -> None:
     scenes = dubai.prepare(args.data, work / "scenes", args.images)
     inits: dict[str, Path | None] = {"random init": None}
     pretrain_s = {}
-    for method in ("simclr", "glcnet"):
+    for method in args.methods:
         given = getattr(args, method)
         if given:
             inits[method] = given
@@ -159,7 +167,7 @@ def main() -> None:
             "versions": versions(), "images": len(scenes), "label_share": args.label_share,
             "finetune": {"steps": args.steps, "tile": args.tile, "batch": args.batch, "encoder": "resnet18"},
             "pretrain": {"steps": args.pretrain_steps, "tile": args.pretrain_tile, "batch": args.pretrain_batch,
-                         "seconds": pretrain_s, "given": {m: str(getattr(args, m)) for m in ("glcnet", "simclr")
+                         "seconds": pretrain_s, "given": {m: str(getattr(args, m)) for m in args.methods
                                                           if getattr(args, m)}},
             "grid": "assumed EPSG:32640, 0.5 m (the tiles carry no georeference)"}
     args.out.mkdir(parents=True, exist_ok=True)

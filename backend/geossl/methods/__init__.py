@@ -19,6 +19,8 @@ __all__ = ["METHODS", "PretrainMethod", "get_method", "method_names"]
 _REGISTRY: dict[str, str] = {  # name -> "module:Class"; the first is the default
     "glcnet": "geossl.methods.glcnet:GLCNet",
     "simclr": "geossl.methods.simclr:SimCLR",
+    "byol": "geossl.methods.byol:BYOL",
+    "moco": "geossl.methods.moco:MoCo",
 }
 
 

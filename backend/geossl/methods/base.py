@@ -68,6 +68,9 @@ class PretrainMethod(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    # True for methods whose two views may come from different bands or a paired raster (geossl.views):
+    # their constructor then takes ``views=``.
+    supports_views: ClassVar[bool] = False
 
     def __init__(self, model: DeepLabV3Plus, view_size: int, **options: Any) -> None:
         super().__init__()
@@ -85,6 +88,20 @@ class PretrainMethod(nn.Module):
     def default_options(cls) -> dict[str, Any]:
         """Default hyper-parameters as a plain JSON-serialisable dict (stored in checkpoints)."""
         raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], batch: int) -> None:
+        """ValueError for options that cannot work with this batch (job schemas call it at submit time)."""
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int) -> dict[str, Any]:
+        """Options with data-dependent defaults filled in (``windows``: distinct tiles in the rasters)."""
+        return dict(options)
+
+    def after_step(self, step: int, total: int) -> None:
+        """Called by the loop after optimiser step ``step`` (0-based) of ``total``: momentum encoders
+        update here, from the online weights just stepped. State must live in buffers/parameters so
+        that the resume state holds it."""
 
     def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """Augment the standardised tile batch (B, C, H, W) and return (loss, logs)."""

@@ -1,0 +1,48 @@
+"""The panel's pretraining methods come from the real backend's registry: BYOL and MoCo v2 included,
+and RS-BYOL's band views go from the panel to the backend (and its refusal back to the message bar).
+
+Reuses test_flow.py's real service (``geossl serve`` from backend/.venv) and panel fixtures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from geossl_plugin.panel import GeoSSLDock
+from qgis.core import Qgis
+
+from . import test_flow
+
+# test_flow's fixtures, shared with this module (a fixture is found by its name in the test's module).
+pytestmark = test_flow.pytestmark
+service, data_dir, scene = test_flow.service, test_flow.data_dir, test_flow.scene
+layers, dock = test_flow.layers, test_flow.dock
+
+
+def test_panel_lists_byol_and_moco_from_the_backend_and_pretrains_rs_byol(dock: GeoSSLDock, layers: Any,
+                                                                          qtbot: Any, iface: Any,
+                                                                          data_dir: Path) -> None:
+    section = dock.pretrain_section
+    methods = [section.method.itemText(i) for i in range(section.method.count())]
+    assert {"glcnet", "simclr", "byol", "moco"} <= set(methods), methods
+    raster, _ = layers
+    section.rasters.set_checked([raster])
+    section.method.setCurrentText("byol")
+    section.budget.spin.setValue(2)
+    section.tile.setValue(64)
+    section.batch.setValue(2)
+
+    section.view_bands.setText("1,2 3,4")  # the scene has 3 bands
+    section.run_button.click()
+    qtbot.waitUntil(lambda: bool(iface.messageBar().get_messages(Qgis.Critical)), timeout=10_000)
+    message = iface.messageBar().get_messages(Qgis.Critical)[0]
+    assert "names band(s) 4, but the raster has 3 bands" in message, message
+
+    section.view_bands.setText("1 3")  # one band per view: band 1 against band 3 of the same ground
+    with qtbot.waitSignal(dock.jobs_section.job_finished, timeout=test_flow.JOB_MS) as finished:
+        section.run_button.click()
+    job = finished.args[0]
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["params"]["method"] == "byol" and job["params"]["view_bands"] == ["1", "3"]
+    assert job["result"]["method"] == "byol" and Path(job["result"]["model"]).parent == data_dir / "models"
