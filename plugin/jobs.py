@@ -13,7 +13,8 @@ from html import escape
 from typing import Any
 
 KINDS = ("pretrain", "finetune", "predict", "evaluate")
-KIND_LABELS = {"pretrain": "Pretrain", "finetune": "Fine-tune", "predict": "Segment", "evaluate": "Evaluate"}
+KIND_LABELS = {"pretrain": "Pretrain", "finetune": "Fine-tune", "predict": "Segment", "evaluate": "Evaluate",
+               "suggest": "Suggest"}
 SUCCEEDED = frozenset({"succeeded", "success", "done", "completed", "finished"})
 FAILED = frozenset({"failed", "error"})
 CANCELLED = frozenset({"cancelled", "canceled"})

@@ -289,6 +289,28 @@ def add_result_layers(classes_path: str, classes: ClassInfo | None, confidence_p
     return layer, confidence
 
 
+def polygon_renderer(classes: ClassInfo, field: str = "class_id") -> QgsCategorizedSymbolRenderer:
+    """Polygons categorized by class value, filled with the model's colours and labelled with its names."""
+    categories = [QgsRendererCategory(int(v), QgsFillSymbol.createSimple(
+                      {"color": c, "outline_color": QColor(c).darker(200).name(), "outline_width": "0.2"}), n)
+                  for n, v, c in zip(classes.names, classes.values, classes.colors, strict=True)]
+    return QgsCategorizedSymbolRenderer(field, categories)
+
+
+def add_polygon_layer(path: str, classes: ClassInfo | None, name: str = "GeoSSL polygons",
+                      project: QgsProject | None = None) -> QgsVectorLayer:
+    """Add the polygons of a prediction (``predict --vector``) on top of the GeoSSL group, in class colours."""
+    project = project or QgsProject.instance()
+    layer = QgsVectorLayer(path, name, "ogr")
+    if not layer.isValid():
+        raise LayerError(f"QGIS cannot open the polygons {path}.")
+    if classes is not None:
+        layer.setRenderer(polygon_renderer(classes))
+    project.addMapLayer(layer, False)
+    result_group(project).insertLayer(0, layer)
+    return layer
+
+
 def palette_of(layer: QgsRasterLayer) -> dict[int, tuple[str, str]]:
     """value → (label, #rrggbb) of a paletted layer: what the user sees in the legend."""
     renderer = layer.renderer()

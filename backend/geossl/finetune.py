@@ -23,14 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
-from .classes import IGNORE_INDEX
+from .classes import IGNORE_INDEX, ClassTable
 from .datasets import LabelledTiles, WindowTiles
 from .errors import GeoSSLError
-from .labels import load_label_polygons, split_polygons
+from .labels import load_label_polygons, read_vector, split_polygons, value_names
 from .metrics import confusion_matrix, scores
 from .models import autocast, build_model, pick_device, prepare
 from .progress import Clock, ProgressCallback, null_progress
-from .raster_io import BandStats, check_output_path, check_training_rasters, compute_band_stats
+from .raster_io import BandStats, check_output_path, check_training_rasters, compute_band_stats, pixel_size_m
 from .sampling import validation_windows
 from .schemas import FinetuneParams
 
@@ -60,9 +60,12 @@ def load_pretrained(model: nn.Module, ckpt: dict, encoder: str, in_channels: int
             f"use --encoder {ckpt.get('encoder')} or pretrain a {encoder}.",
         )
     if int(ckpt.get("in_channels", -1)) != in_channels:
+        from .views import trained_on
+
         raise GeoSSLError(
-            f"The pretrained checkpoint expects {ckpt.get('in_channels')} bands, the raster has {in_channels}.",
-            "fine-tune on rasters with the bands the encoder was pretrained on.",
+            f"The pretrained checkpoint expects {ckpt.get('in_channels')} bands{trained_on(ckpt)}, "
+            f"the raster has {in_channels}.",
+            "fine-tune on rasters with the bands the encoder was pretrained on (e.g. gdal_translate -b …).",
         )
     prefixes = ("encoder.",) + (("decoder.aspp.",) if aspp else ())
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes)}
@@ -115,14 +118,20 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     seed_everything(params.seed)
     infos = check_training_rasters(params.rasters)
     in_channels = infos[0].count
+    warm = load_checkpoint(params.init_model, "segmentation") if params.init_model else None
+    if warm is not None:
+        params = warm_start_params(params, warm, in_channels)
     pretrained = load_checkpoint(params.init, "pretrained") if params.init else None
-    if pretrained is not None:
+    if pretrained is not None and pretrained.get("band_stats"):  # none after band-view (RS-BYOL) pretraining
         stats = BandStats.from_dict(pretrained["band_stats"])
+    elif warm is not None:
+        stats = BandStats.from_dict(warm["band_stats"])
     else:
         progress(Clock().event("band statistics", 0, 0, message="Computing band statistics…"))
         stats = compute_band_stats(params.rasters, seed=params.seed)
     polys, table, warnings = load_label_polygons(
-        params.labels, params.class_field, infos, colours=params.colours, layer=params.layer
+        params.labels, params.class_field, infos, colours=params.colours, layer=params.layer,
+        table=ClassTable.from_dict(warm["classes"]) if warm is not None else None,
     )
     train_polys, val_polys = split_polygons(polys, params.val_fraction, params.seed)
     n_val = sum(len(p.geoms) for p in val_polys)
@@ -134,6 +143,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     device = pick_device(params.device)
     model = build_model(params.encoder, in_channels, len(table))
     loaded = load_pretrained(model, pretrained, params.encoder, in_channels, params.init_aspp) if pretrained else []
+    if warm is not None:
+        model.load_state_dict(warm["state_dict"])  # every weight, head included: training continues
     model = prepare(model, device)
     total = params.total_steps
     spe = min(params.steps_per_epoch, total)
@@ -224,7 +235,9 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
         init={"path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
               "loaded": len(loaded)} if pretrained else None,
-        rasters=[i.path for i in infos], steps=step,
+        warm_start={"path": str(Path(params.init_model).resolve()), "steps": warm.get("steps"),
+                    "validation": warm.get("validation")} if warm is not None else None,
+        rasters=[i.path for i in infos], steps=step, resolution_m=pixel_size_m(infos[0]),
     )
     spath.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return {
@@ -239,6 +252,30 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         "device": str(device),
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def warm_start_params(params: FinetuneParams, warm: dict, in_channels: int) -> FinetuneParams:
+    """Check that ``params`` can continue the fine-tuned model ``warm``; returns them with its encoder.
+
+    A warm start keeps the model's head, so its classes are fixed: polygons of a class the model
+    does not know are refused (a new class needs a new head: fine-tune afresh, or from --init).
+    """
+    name = Path(params.init_model).name
+    if int(warm["in_channels"]) != in_channels:
+        raise GeoSSLError(f"The model '{name}' expects {warm['in_channels']} bands, the raster has {in_channels}.",
+                          "continue training on rasters with the bands the model was trained on.")
+    if "encoder" in params.model_fields_set and params.encoder != warm["encoder"]:
+        raise GeoSSLError(f"The model '{name}' has encoder {warm['encoder']}, but {params.encoder} was asked for.",
+                          f"leave the encoder out (or give {warm['encoder']}) to continue this model.")
+    known = list(warm["classes"]["names"])
+    vec = read_vector(params.labels, params.class_field, params.layer)
+    new = sorted(set(value_names(vec.values)) - set(known))
+    if new:
+        raise GeoSSLError(
+            f"The labels have class(es) {', '.join(new)} that the model '{name}' does not know "
+            f"(it knows {', '.join(known)}); continuing its training cannot add a class.",
+            "fine-tune a new model (without --init-model) to learn the new class(es), or remove those polygons.")
+    return params.model_copy(update={"encoder": warm["encoder"]})
 
 
 def state_path(out: str | Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .raster_io import (
 )
 from .schemas import PredictParams
 from .tiling import RowBuffer, predict_stripes
+from .vectorize import check_vector_output, vectorize
 
 
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -60,6 +62,7 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
     t0 = time.monotonic()
     out = check_output_path(params.out)
     conf_out = check_output_path(params.confidence) if params.confidence else None
+    vector_out = check_vector_output(params.vector, out) if params.vector else None
     device = pick_device(params.device)
     model, ckpt = load_model(params.model, device)
     info = raster_info(params.raster)
@@ -90,6 +93,9 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
     def on_tiles(done: int, total: int) -> None:
         progress(clock.event("predict", done, total))
 
+    scratch = None
+    if vector_out is not None and conf_out is None:  # the polygons' mean confidence needs one
+        conf_out = scratch = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.confidence.partial.tif"
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open_raster(params.raster))
         dst = stack.enter_context(geotiff_writer(
@@ -112,9 +118,18 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
             buffer.add(block)
         buffer.flush()
     write_qml(out.with_suffix(".qml"), table)
+    vector: dict[str, Any] = {}
+    if vector_out is not None:
+        progress(clock.event("polygons", 0, 0, message="Writing polygons…"))
+        try:
+            vector = vectorize(out, vector_out, table, conf_out, params.min_area, params.simplify)
+        finally:
+            if scratch is not None:
+                scratch.unlink(missing_ok=True)
     return {
         "classes_raster": str(out.resolve()),
-        "confidence_raster": str(conf_out.resolve()) if conf_out else None,
+        "confidence_raster": str(Path(params.confidence).resolve()) if params.confidence else None,
+        **vector,
         "style": str(out.with_suffix(".qml").resolve()),
         "class_pixels": dict(zip(table.names, counts.tolist(), strict=True)),
         "tile": tile,

@@ -1,4 +1,4 @@
-"""The GeoSSL dock: Backend, 1 · Pretrain, 2 · Fine-tune, 3 · Segment, 4 · Accuracy and Jobs.
+"""The GeoSSL dock: Backend, 1 · Pretrain, 2 · Fine-tune, 3 · Segment, 4 · Accuracy, Where to label next and Jobs.
 
 The dock owns the one ApiClient the sections share and routes every problem to QGIS's message bar
 and log: a user mistake is a sentence in the message bar, never a traceback dialog.
@@ -24,6 +24,7 @@ from .finetune_section import FinetuneSection
 from .jobs_section import JobsSection
 from .pretrain_section import PretrainSection
 from .segment_section import SegmentSection
+from .suggest_section import SuggestSection
 
 LOG_TAG = "GeoSSL"
 
@@ -50,6 +51,7 @@ class GeoSSLDock(QgsDockWidget):
         self.finetune_section = FinetuneSection(self.client, self.jobs_section, self.project, content)
         self.segment_section = SegmentSection(self.client, self.jobs_section, self.project, content)
         self.evaluate_section = EvaluateSection(self.client, self.jobs_section, self.project, content)
+        self.suggest_section = SuggestSection(self.client, self.jobs_section, self.project, content)
         for section in (self.backend_section, *self.job_sections()):
             layout.addWidget(section)
         layout.addStretch(1)
@@ -73,12 +75,12 @@ class GeoSSLDock(QgsDockWidget):
     def job_sections(self) -> tuple:
         """The sections below Backend, top to bottom (Jobs last)."""
         return (self.pretrain_section, self.finetune_section, self.segment_section, self.evaluate_section,
-                self.jobs_section)
+                self.suggest_section, self.jobs_section)
 
     def use_map_canvas(self, canvas: QgsMapCanvas | None,
                        set_active_layer: Callable[[QgsMapLayer], Any] | None = None) -> None:
         """Hook the sections to QGIS's map (iface): extents from/drawn on the canvas, layer activation."""
-        for section in (self.pretrain_section, self.segment_section):
+        for section in (self.pretrain_section, self.segment_section, self.suggest_section):
             section.set_map_canvas(canvas)
         if set_active_layer is not None:
             self.finetune_section.activate_layer = set_active_layer
@@ -118,3 +120,4 @@ class GeoSSLDock(QgsDockWidget):
         # A new model is worth offering in the other sections straight away.
         self.finetune_section.refresh_models()
         self.segment_section.refresh_models()
+        self.suggest_section.refresh_models()

@@ -11,7 +11,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QToolButton, QWidget
 
 from ..client import ApiClient
-from ..layers import ClassInfo, LayerError, add_result_layers
+from ..layers import ClassInfo, LayerError, add_polygon_layer, add_result_layers
 from .common import NOT_CONNECTED, JobSection, extent_box, extent_params, follow_raster
 from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, parse_models
@@ -35,6 +35,11 @@ class SegmentSection(JobSection):
         self.refresh_button.setText("↻")
         self.refresh_button.setToolTip("Reload the backend's model list")
         self.refresh_button.clicked.connect(self.refresh_models)
+        self.export_button = QToolButton(self)
+        self.export_button.setObjectName("geosslExportOnnx")
+        self.export_button.setText("ONNX")
+        self.export_button.setToolTip("Export to ONNX (Deepness): writes <model>.onnx beside the model file")
+        self.export_button.clicked.connect(self.export_onnx)
         self.raster = QgsMapLayerComboBox(self)
         self.raster.setObjectName("geosslSegmentRaster")
         self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
@@ -46,17 +51,23 @@ class SegmentSection(JobSection):
         self.output.lineEdit().setPlaceholderText("automatic: next to the raster, <raster>_<model>.tif")
         self.confidence = QCheckBox("Also write a confidence raster", self)
         self.confidence.setChecked(True)
+        self.polygons = QCheckBox("Also write polygons", self)
+        self.polygons.setObjectName("geosslPolygons")
+        self.polygons.setToolTip("A GeoPackage of the classes as polygons (class, name, mean confidence), "
+                                 "<map>_polygons.gpkg")
         self.extent = extent_box(self, "geosslSegmentExtent")
         self.run_button = self.make_run_button("Segment", "geosslRunSegment")
 
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
         model_row.addWidget(self.refresh_button)
+        model_row.addWidget(self.export_button)
         form = QFormLayout(self)
         form.addRow("Model", model_row)
         form.addRow("Raster", self.raster)
         form.addRow("Output", self.output)
         form.addRow("", self.confidence)
+        form.addRow("", self.polygons)
         form.addRow(self.extent)
         form.addRow(self.run_button)
         self.raster.layerChanged.connect(self._on_raster_changed)
@@ -79,6 +90,7 @@ class SegmentSection(JobSection):
         self.enable_run(self.backend is not None and self.model.count() > 0,
                         NOT_CONNECTED if self.backend is None else "Fine-tune a model first (section 2)")
         self.refresh_button.setEnabled(self.backend is not None)
+        self.export_button.setEnabled(self.backend is not None and self.model.count() > 0)
 
     def refresh_models(self) -> None:
         if self.backend is not None:
@@ -127,7 +139,23 @@ class SegmentSection(JobSection):
         params: dict[str, Any] = {"model": model.path, "raster": path, "out": out, **extent}
         if self.confidence.isChecked():
             params["confidence"] = str(Path(out).with_name(Path(out).stem + "_confidence.tif"))
+        if self.polygons.isChecked():
+            params["vector"] = str(Path(out).with_name(Path(out).stem + "_polygons.gpkg"))
         return params
+
+    def export_onnx(self) -> None:
+        """An ``export`` job: the selected model as ONNX for Deepness, beside the model file."""
+        model = self.selected_model()
+        if self.backend is None or model is None:
+            self.error.emit(LayerError("Export to ONNX: connect the backend and choose a model first."))
+            return
+        out = str(Path(model.path).with_suffix(".onnx"))
+        self.post_job("export", {"model": model.path, "out": out}, "Export to ONNX not started",
+                      on_success=self._on_exported)
+
+    def _on_exported(self, job: dict) -> None:
+        path = (job.get("result") or {}).get("onnx") or (job.get("params") or {}).get("out")
+        self.info_message(f"ONNX model for Deepness written to {path} (load it in Deepness as a Segmentor).")
 
     def submit(self) -> None:
         params = self.job_params()
@@ -150,6 +178,8 @@ class SegmentSection(JobSection):
             classes = ClassInfo.from_dict(result["classes"])
         layer, _ = add_result_layers(classes_path, classes, result.get("confidence_raster"), name=name,
                                      project=self.project)
+        if result.get("vector"):
+            add_polygon_layer(result["vector"], classes, name=f"{name} – polygons", project=self.project)
         self.result_added.emit(layer)
         return layer
 

@@ -133,7 +133,8 @@ def test_the_processing_provider_is_registered_and_removed(plugin: Any) -> None:
     registry = QgsApplication.processingRegistry()
     assert registry.providerById("geossl") is plugin.provider
     ids = {a.id() for a in plugin.provider.algorithms()}
-    assert ids == {"geossl:finetune", "geossl:segment", "geossl:evaluate", "geossl:pretrain"}
+    assert ids == {"geossl:finetune", "geossl:segment", "geossl:evaluate", "geossl:pretrain", "geossl:suggest",
+                   "geossl:export_onnx"}
     plugin.unload()
     assert registry.providerById("geossl") is None
 

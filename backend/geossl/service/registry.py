@@ -79,8 +79,10 @@ class ModelRegistry:
             cached = (key, self._summary(path))
             with self._lock:
                 self._cache[path] = cached
+        onnx = path.with_suffix(".onnx")  # where the panel's "Export to ONNX" writes it
         return {"id": model_id(path), "name": path.name, "path": str(path), "size_bytes": st.st_size,
-                "modified": iso(st.st_mtime), "job_id": job_id, **cached[1]}
+                "modified": iso(st.st_mtime), "job_id": job_id, "onnx": str(onnx) if onnx.is_file() else None,
+                **cached[1]}
 
     @staticmethod
     def _summary(path: Path) -> dict[str, Any]:
