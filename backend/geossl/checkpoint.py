@@ -72,10 +72,34 @@ def save_checkpoint(path: str | os.PathLike, kind: str, state_dict: dict[str, An
     }
     target = Path(path)
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)
+        writer = _WriteErrors(fh)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError as exc:  # torch hides a full disk behind "unexpected pos …"
+            if writer.error is not None:
+                raise writer.error from exc
+            fh.flush()  # an error the buffer held back surfaces here
+            raise
         fh.flush()
         os.fsync(fh.fileno())
     return target
+
+
+class _WriteErrors:
+    """A file for ``torch.save`` that remembers the OS error (disk full) of a failed write."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
