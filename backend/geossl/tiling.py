@@ -12,7 +12,8 @@ raster's size. This module knows nothing about torch: it calls a ``predict`` fun
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,27 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def stripe_columns(width: int, tile: int, stride: int, stripe: int) -> list[list[int]]:
+    """Tile x offsets of each vertical stripe of at most ``stripe`` pixels (a tile crossing a
+    stripe border belongs to both). The whole plan is a few integers: nothing is per pixel."""
+    xs = tile_starts(width, tile, stride)
+    stripe = max(stripe, tile)
+    return [[x for x in xs if x < min((s + 1) * stripe, width) and x + tile > s * stripe]
+            for s in range(math.ceil(width / stripe))]
+
+
+def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: int, stripe: int = 4096) -> list[int]:
+    """Sizes of the model batches :func:`predict_stripes` will make over a raster without nodata,
+    in order (for benchmarks that replay exactly the same forward passes in memory)."""
+    stride = max(1, tile - overlap)
+    rows = len(tile_starts(height, tile, stride))
+    sizes = []
+    for xs in stripe_columns(width, tile, stride, stripe):
+        row = [min(batch_size, len(xs) - b) for b in range(0, len(xs), batch_size)]
+        sizes += row * rows
+    return sizes
+
+
 @dataclass
 class TileOutput:
     """Finished rows of one stripe: class index (or -1 for nodata) and confidence."""
@@ -55,6 +77,7 @@ class TileOutput:
     window: Window
     classes: np.ndarray  # int16 (h, w), -1 = nodata
     confidence: np.ndarray  # float32 (h, w)
+    probabilities: np.ndarray | None = None  # float32 (K, h, w), blended; when asked for and any pixel is valid
 
 
 def predict_stripes(
@@ -67,9 +90,11 @@ def predict_stripes(
     stripe: int = 4096,
     on_tiles: Callable[[int, int], None] | None = None,
     window: Window | None = None,
+    probabilities: bool = False,
 ):
     """Yield ``TileOutput`` blocks covering the raster ``src`` (an open rasterio dataset), or only
-    its ``window``; output windows are then relative to that window.
+    its ``window``; output windows are then relative to that window. ``probabilities=True`` also
+    yields each block's blended class probabilities (uncertainty maps, e.g. ``suggest``).
 
     ``on_tiles(done, total)`` is called after each batch for progress reporting.
     """
@@ -78,53 +103,82 @@ def predict_stripes(
     height, width = int(window.height), int(window.width)
     stride = max(1, tile - overlap)
     ys = tile_starts(height, tile, stride)
-    xs_all = tile_starts(width, tile, stride)
     weight = blend_window(tile, min(overlap, tile // 2))
     stripe = max(stripe, tile)
-    n_stripes = math.ceil(width / stripe)
-    stripe_tiles = [
-        [x for x in xs_all if x < min((s + 1) * stripe, width) and x + tile > s * stripe] for s in range(n_stripes)
-    ]
+    stripe_tiles = stripe_columns(width, tile, stride, stripe)
     total = sum(len(t) for t in stripe_tiles) * len(ys)
     done = 0
-    for s in range(n_stripes):
+
+    def load(ex0: int, ex1: int, ext_w: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = min(tile, height - y)
+        data, valid = read_window(src, Window(wx + ex0, wy + y, ex1 - ex0, rows))
+        x_norm = stats.normalise(data, valid)
+        if x_norm.shape[1:] != (tile, ext_w):  # raster smaller than a tile: mirror, not zeros
+            x_norm = np.pad(x_norm, ((0, 0), (0, tile - rows), (0, ext_w - (ex1 - ex0))), mode="symmetric")
+        return x_norm, valid
+
+    def rows_ahead() -> Iterator[tuple[int, int, int, int, np.ndarray, np.ndarray]]:
+        """(stripe, ex0, ext_w, row index, normalised row of tiles, validity), reading the next row
+        in a thread while the model works on this one (GDAL and numpy release the GIL). Only this
+        thread touches ``src``."""
+        plan = []
+        for s, xs in enumerate(stripe_tiles):
+            ex0, ex1 = xs[0], min(xs[-1] + tile, width) if width >= tile else width
+            plan += [(s, ex0, ex1, max(ex1 - ex0, tile), i) for i in range(len(ys))]
+        with ThreadPoolExecutor(1, thread_name_prefix="geossl-read") as pool:
+            pending = pool.submit(load, *plan[0][1:4], ys[plan[0][4]])
+            for k, (s, ex0, _ex1, ext_w, i) in enumerate(plan):
+                x_norm, valid = pending.result()
+                if k + 1 < len(plan):
+                    pending = pool.submit(load, *plan[k + 1][1:4], ys[plan[k + 1][4]])
+                yield s, ex0, ext_w, i, x_norm, valid
+
+    acc = wsum = None
+    for s, ex0, ext_w, i, x_norm, valid in rows_ahead():
         sx0, sx1 = s * stripe, min((s + 1) * stripe, width)
-        xs = stripe_tiles[s]
-        ex0, ex1 = xs[0], min(xs[-1] + tile, width) if width >= tile else width
-        ext_w = max(ex1 - ex0, tile)
-        acc = None
-        wsum = np.zeros((tile, ext_w), np.float32)
-        for i, y in enumerate(ys):
-            rows = min(tile, height - y)
-            data, valid = read_window(src, Window(wx + ex0, wy + y, ex1 - ex0, rows))
-            x_norm = stats.normalise(data, valid)
-            if x_norm.shape[1:] != (tile, ext_w):  # raster smaller than a tile: mirror, not zeros
-                x_norm = np.pad(x_norm, ((0, 0), (0, tile - rows), (0, ext_w - (ex1 - ex0))), mode="symmetric")
-            for b in range(0, len(xs), batch_size):
-                group = xs[b:b + batch_size]
-                tiles = np.stack([x_norm[:, :, x - ex0:x - ex0 + tile] for x in group])
-                probs = predict(tiles)
-                if acc is None:
-                    acc = np.zeros((probs.shape[1], tile, ext_w), np.float32)
-                for x, p in zip(group, probs, strict=True):
-                    acc[:, :, x - ex0:x - ex0 + tile] += p * weight
-                    wsum[:, x - ex0:x - ex0 + tile] += weight
-                done += len(group)
-                if on_tiles:
-                    on_tiles(done, total)
-            next_y = ys[i + 1] if i + 1 < len(ys) else height
-            d = next_y - y  # rows [y, next_y) are final
-            prob = acc[:, :d, sx0 - ex0:sx1 - ex0] / wsum[None, :d, sx0 - ex0:sx1 - ex0]
-            classes = prob.argmax(axis=0).astype(np.int16)
-            conf = prob.max(axis=0).astype(np.float32)
-            ok = valid[:d, sx0 - ex0:sx1 - ex0]
-            classes[~ok] = -1
-            conf[~ok] = np.nan
-            yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf)
-            acc[:, : tile - d] = acc[:, d:].copy()
-            acc[:, tile - d:] = 0.0
-            wsum[: tile - d] = wsum[d:].copy()
-            wsum[tile - d:] = 0.0
+        xs, y = stripe_tiles[s], ys[i]
+        if i == 0:  # a new stripe
+            acc = None
+            wsum = np.zeros((tile, ext_w), np.float32)
+        # Tiles without a single valid pixel are not sent to the model: their pixels are nodata in
+        # the output whatever it says (sparse rasters, e.g. a scene's corners, cost nothing).
+        for x in xs:
+            wsum[:, x - ex0:x - ex0 + tile] += weight
+        useful = [x for x in xs if valid[:, x - ex0:x - ex0 + tile].any()]
+        done += len(xs) - len(useful)
+        for b in range(0, len(useful), batch_size):
+            group = useful[b:b + batch_size]
+            tiles = np.stack([x_norm[:, :, x - ex0:x - ex0 + tile] for x in group])
+            probs = predict(tiles)
+            if acc is None:
+                acc = np.zeros((probs.shape[1], tile, ext_w), np.float32)
+            for x, p in zip(group, probs, strict=True):
+                acc[:, :, x - ex0:x - ex0 + tile] += p * weight
+            done += len(group)
+            if on_tiles:
+                on_tiles(done, total)
+        if acc is None:  # nothing valid yet in this stripe: every finished row is nodata
+            rows_done = (ys[i + 1] if i + 1 < len(ys) else height) - y
+            yield TileOutput(Window(sx0, y, sx1 - sx0, rows_done), np.full((rows_done, sx1 - sx0), -1, np.int16),
+                             np.full((rows_done, sx1 - sx0), np.nan, np.float32))
+            wsum[: tile - rows_done] = wsum[rows_done:].copy()
+            wsum[tile - rows_done:] = 0.0
+            if on_tiles:
+                on_tiles(done, total)
+            continue
+        next_y = ys[i + 1] if i + 1 < len(ys) else height
+        d = next_y - y  # rows [y, next_y) are final
+        prob = acc[:, :d, sx0 - ex0:sx1 - ex0] / wsum[None, :d, sx0 - ex0:sx1 - ex0]
+        classes = prob.argmax(axis=0).astype(np.int16)
+        conf = prob.max(axis=0).astype(np.float32)
+        ok = valid[:d, sx0 - ex0:sx1 - ex0]
+        classes[~ok] = -1
+        conf[~ok] = np.nan
+        yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf, prob if probabilities else None)
+        acc[:, : tile - d] = acc[:, d:].copy()
+        acc[:, tile - d:] = 0.0
+        wsum[: tile - d] = wsum[d:].copy()
+        wsum[tile - d:] = 0.0
 
 
 class RowBuffer:

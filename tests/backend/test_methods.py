@@ -138,3 +138,21 @@ def test_same_generator_same_loss() -> None:
         results.append(m(batch, torch.Generator().manual_seed(7)))
     torch.testing.assert_close(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
+
+
+def test_glcnet_reduce_after_pooling_equals_pooling_the_reduced_map() -> None:
+    """GLCNet pools 256-channel decoder features and then applies its 1×1 conv: it must give what
+    the paper's order (1×1 conv on the dense map, upsample, pool) gives, for non-empty regions."""
+    from geossl.regions import region_pool
+
+    torch.manual_seed(0)
+    method = GLCNet(smp.DeepLabV3Plus("resnet18", encoder_weights=None, in_channels=3, classes=2), 64)
+    dense = torch.randn(2, method.local_reduce.in_channels, 16, 16)
+    masks = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    masks[:, 0, 4:20, 8:30] = True
+    masks[:, 1, 30:60, 2:12] = True
+    masks[1, 2, 0:64, 60:64] = True  # sample 0's third region stays empty
+    paper = region_pool(method.local_reduce(dense), masks)
+    ours = method.reduce(region_pool(dense, masks))
+    nonempty = masks.flatten(2).any(-1)
+    torch.testing.assert_close(ours[nonempty], paper[nonempty], rtol=1e-5, atol=1e-5)

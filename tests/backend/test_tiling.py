@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 from geossl.raster_io import BandStats, open_raster
-from geossl.tiling import RowBuffer, blend_window, predict_stripes, tile_starts
+from geossl.tiling import RowBuffer, batch_sizes, blend_window, predict_stripes, tile_starts
 
 from tests.data import write_raster
 
@@ -97,3 +97,44 @@ def test_memory_does_not_grow_with_raster_size(tmp_path):
     large = write_raster(tmp_path / "l.tif", np.ones((2, 1024, 1024), "float32"), tiled=True)  # 64× the pixels
     p_small, p_large = _peak_bytes(small, 128), _peak_bytes(large, 128)
     assert p_large < 1.5 * p_small + 256 * 1024, (p_small, p_large)
+
+
+@pytest.mark.parametrize("shape,stripe", [((70, 90), 4096), ((70, 90), 40), ((20, 13), 4096)])
+def test_batch_sizes_are_the_batches_predict_makes(tmp_path, shape, stripe):
+    """The benchmark's forward-only baseline replays ``batch_sizes``: it must match predict exactly."""
+    seen = []
+
+    def recording(tiles):
+        seen.append(len(tiles))
+        return pointwise(tiles)
+
+    data = np.random.default_rng(1).normal(0, 1, (2,) + shape).astype("float32")
+    path = write_raster(tmp_path / "r.tif", data)
+    with open_raster(path) as src:
+        for _ in predict_stripes(src, IDENTITY, recording, 32, 8, batch_size=3, stripe=stripe):
+            pass
+    assert seen == batch_sizes(*shape, 32, 8, 3, stripe=stripe)
+
+
+@pytest.mark.parametrize("stripe", [4096, 40])
+def test_tiles_without_valid_pixels_skip_the_model(tmp_path, stripe):
+    """A sparse raster: the model never sees an all-nodata tile, the valid pixels get exactly what
+    they get without skipping, and nodata stays nodata (also rows before any valid pixel)."""
+    rng = np.random.default_rng(2)
+    data = rng.normal(0, 1, (2, 100, 90)).astype("float32")
+    data[:, :50, :] = -9999  # top half empty: whole stripes rows start with no valid pixel
+    data[:, 60:, 60:] = -9999
+    path = write_raster(tmp_path / "sparse.tif", data, nodata=-9999)
+    calls = []
+
+    def counting(tiles):
+        calls.append(len(tiles))
+        assert (tiles != 0).any(axis=(1, 2, 3)).all(), "an all-nodata tile reached the model"
+        return pointwise(tiles)
+
+    classes, conf = run(path, stripe=stripe, predict=counting)
+    valid = data[0] != -9999
+    expected = pointwise(np.where(valid, data, 0)[None])[0].argmax(0)
+    np.testing.assert_array_equal(classes[valid], expected[valid])
+    assert (classes[~valid] == -1).all() and np.isnan(conf[~valid]).all()
+    assert sum(calls) < sum(batch_sizes(100, 90, 32, 8, 3, stripe=stripe))

@@ -1,9 +1,10 @@
-"""Benchmark: pretraining step time of GLCNet vs SimCLR at the same batch and tile, and where it goes.
+"""Benchmark: pretraining step time of GLCNet, SimCLR, BYOL, RS-BYOL and MoCo v2 at the same batch and tile.
 
 Runs the real loop (``geossl.pretrain.run_pretrain``) for each method and reads its per-step log
 (step time, time blocked on the data loader), while timing the batch augmentation and GLCNet's
 region matching inside the step (the methods' ``augment`` / ``sample_regions`` wrapped with timers,
-synchronised on CUDA). Warm-up steps are dropped. Not part of ``make test``.
+synchronised on CUDA). Warm-up steps are dropped. Not part of ``make test``. The ``rs-byol`` row is
+BYOL with the views from bands 2,3,4,8 | 5,6,7,9 (needs ≥ 9 bands, e.g. the 13-band Sentinel-2 raster).
 
     backend/.venv/bin/python tests/bench/bench_pretrain.py --raster R.tif --batch 8 --tile 128 --steps 10
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib
 import json
 import platform
 import statistics
@@ -32,11 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "backend"))
 
 from geossl.checkpoint import versions  # noqa: E402
-from geossl.methods import glcnet, method_names, simclr  # noqa: E402
+from geossl.methods import method_names  # noqa: E402
 from geossl.pretrain import log_path, run_pretrain  # noqa: E402
 from geossl.schemas import PretrainParams  # noqa: E402
 
 S2 = ROOT.parent / "shared" / "data" / "sentinel2_brandenburg" / "s2l1c_13band_10m.tif"
+# Rows that are a registered method run with band views (RS-BYOL): row -> (method, view bands).
+VIEW_ROWS = {"rs-byol": ("byol", ["2,3,4,8", "5,6,7,9"])}
 
 
 class Timer:
@@ -81,15 +85,18 @@ def bench(method: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     aug, regions = Timer(device), Timer(device)
-    module = {"glcnet": glcnet, "simclr": simclr}[method]
+    row = method
+    method, view_bands = VIEW_ROWS.get(row, (row, None))
+    module = importlib.import_module(f"geossl.methods.{method}")
     saved = {"augment": module.augment, "sample_regions": getattr(module, "sample_regions", None)}
     module.augment = aug.wrap(saved["augment"])
     if saved["sample_regions"] is not None:
         module.sample_regions = regions.wrap(saved["sample_regions"])
     per_step: list[tuple[float, float]] = []
     try:
-        out = folder / f"{method}.pt"
+        out = folder / f"{row}.pt"
         params = PretrainParams(rasters=args.raster, out=str(out), method=method, encoder=args.encoder,
+                                view_bands=view_bands,
                                 tile=args.tile, batch=args.batch, steps=args.warmup + args.steps,
                                 workers=args.workers, device=args.device, seed=0,
                                 checkpoint_every=10**9)
@@ -111,7 +118,7 @@ def bench(method: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
     regs = [r for _, r in per_step][keep]
     mean_step = statistics.mean(step)
     return {
-        "method": method,
+        "method": row,
         "steps_timed": len(step),
         "step_s_mean": mean_step,
         "step_s_median": statistics.median(step),
@@ -147,10 +154,39 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return head + "\n".join(lines) + foot
 
 
+def decoder_floor(args: argparse.Namespace, bands: int, repeats: int = 5) -> dict[str, float]:
+    """Forward + backward of the encoder alone vs encoder + ASPP + decoder on the same two-view
+    batch: the least any method that trains the decoder (GLCNet's local module) can cost relative
+    to one that trains the encoder only (SimCLR, BYOL, MoCo). Alternated, medians compared."""
+    from geossl.methods.base import deeplab_features
+    from geossl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.encoder, bands, 2)
+    view = args.tile * 7 // 8 // 16 * 16
+    x = torch.randn(2 * args.batch, bands, view, view)
+
+    def run(decoder: bool) -> float:
+        model.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        f = deeplab_features(model, x, aspp=decoder, decoder=decoder)
+        (f.decoder if decoder else f.encoder[-1]).float().mean().backward()
+        return time.perf_counter() - t
+
+    run(False), run(True)
+    enc, dec = [], []
+    for _ in range(repeats):
+        enc.append(run(False))
+        dec.append(run(True))
+    e, d = statistics.median(enc), statistics.median(dec)
+    return {"encoder_s": e, "encoder_decoder_s": d, "ratio": d / e}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--raster", action="append", help=f"raster(s) or folder (default: {S2})")
-    p.add_argument("--methods", nargs="+", default=method_names(), choices=method_names())
+    p.add_argument("--methods", nargs="+", default=[*method_names(), *VIEW_ROWS],
+                   choices=[*method_names(), *VIEW_ROWS])
     p.add_argument("--encoder", default="resnet18")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tile", type=int, default=128)
@@ -166,11 +202,24 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(m, args, Path(tmp)) for m in args.methods]
+    import rasterio
+
+    with rasterio.open(next(Path(args.raster[0]).glob("*.tif")) if Path(args.raster[0]).is_dir()
+                       else args.raster[0]) as src:
+        floor = decoder_floor(args, src.count)
+    base = next((r["step_s_median"] for r in rows if r["method"] == "simclr"), None)
+    for r in rows:
+        r["vs_simclr"] = r["step_s_median"] / base if base else None
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "versions": versions(), "rasters": args.raster,
             "config": {k: getattr(args, k) for k in ("encoder", "batch", "tile", "steps", "warmup", "workers")}}
     table = markdown(rows, meta)
-    print(table)
+    table += ("\nStep time against SimCLR's (medians; GLCNet goal ≤ 1.25×): "
+              + ", ".join(f"{r['method']} {r['vs_simclr']:.2f}×" for r in rows if r["vs_simclr"]) + ".\n\n"
+              f"Floor for a method that trains the decoder: encoder + ASPP + decoder forward/backward is "
+              f"{floor['ratio']:.2f}× the encoder's alone on the same two-view batch "
+              f"({floor['encoder_decoder_s']:.3f} s vs {floor['encoder_s']:.3f} s).\n")
+    meta["decoder_floor"] = floor
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain.json").write_text(json.dumps({**meta, "results": rows}, indent=2))

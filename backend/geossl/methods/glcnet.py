@@ -7,7 +7,8 @@ encoded in one pass of the DeepLabV3+.
   -> MLP 512→256→64 -> NT-Xent over the batch (eq. 4-5). ``use_style=False`` pools the mean only
   (the paper's "noStyle" ablation, MLP 256→256→64).
 * Local matching: decoder output reduced to 64 channels by a 1×1 conv (the authors' last decoder
-  conv), upsampled bilinearly to the view size, mean-pooled over each matched region
+  conv), upsampled bilinearly to the view size, mean-pooled over each matched region (computed in
+  the cheaper, equal order: pool, then apply the 1×1 conv to the region means; see ``reduce``)
   (:mod:`geossl.regions`; the upsampling is folded into the pooling weights, same result without
   the full-resolution map) -> MLP 64→64→64 -> NT-Xent over all regions of the batch (eq. 6-7).
 * L = λ·L_G + (1−λ)·L_L with λ = ``global_weight``; ``use_global`` / ``use_local`` switch a module
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from geossl.augment import augment, crop_only, full_augment
 from geossl.losses import nt_xent
@@ -102,6 +104,17 @@ class GLCNet(PretrainMethod):
             self.local_reduce = nn.Conv2d(width, local, kernel_size=1) if local != width else nn.Identity()
             self.local_head = projection_head(local, local, opts["proj_dim"])
 
+    def reduce(self, pooled: Tensor) -> Tensor:
+        """The 1×1 ``local_reduce`` conv applied to region means (B, n, C) instead of the dense map.
+
+        Exact for every non-empty region: a 1×1 conv is affine per pixel and region pooling is a
+        weighted mean (the bilinear weights sum to one), so they commute. Pooling first skips the
+        conv and its gradient over the whole (2B, C, H/4, W/4) decoder output (≈5% of a CPU step).
+        """
+        if isinstance(self.local_reduce, nn.Conv2d):
+            return F.linear(pooled, self.local_reduce.weight.flatten(1), self.local_reduce.bias)
+        return pooled
+
     def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         opts = self.options
         _, _, height, width = batch.shape
@@ -122,10 +135,10 @@ class GLCNet(PretrainMethod):
                 view1.index, view2.index, (height, width), opts["n_regions"], self.region_size,
                 opts["region_mode"], generator,
             )
-            # Pooled as if upsampled bilinearly to the view size (see region_pool).
-            dense1, dense2 = self.local_reduce(feats.decoder).chunk(2)
-            z1 = self.local_head(region_pool(dense1, regions.mask1).flatten(0, 1))
-            z2 = self.local_head(region_pool(dense2, regions.mask2).flatten(0, 1))
+            # Pooled as if upsampled bilinearly to the view size (see region_pool), then reduced.
+            dense1, dense2 = feats.decoder.chunk(2)
+            z1 = self.local_head(self.reduce(region_pool(dense1, regions.mask1)).flatten(0, 1))
+            z2 = self.local_head(self.reduce(region_pool(dense2, regions.mask2)).flatten(0, 1))
             loss_local = nt_xent(
                 z1, z2, opts["temperature"], exclude_positive=opts["exclude_positive"],
                 valid=regions.valid.flatten(),
