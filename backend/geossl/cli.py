@@ -60,7 +60,8 @@ def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
         encoder=args.encoder, tile=args.tile, batch=args.batch, epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, extent=args.extent, extent_crs=args.extent_crs,
+        resume=args.resume, extent=args.extent, extent_crs=args.extent_crs, view_bands=args.view_bands,
+        pair=args.pair,
     )
     return run_pretrain(params, progress)
 
@@ -71,7 +72,8 @@ def _finetune(args: argparse.Namespace, progress) -> dict[str, Any]:
 
     params = FinetuneParams(
         rasters=args.raster, labels=args.labels, class_field=args.class_field, layer=args.layer, out=args.out,
-        encoder=args.encoder, init=args.init, init_aspp=args.init_aspp, epochs=args.epochs, steps=args.steps,
+        **({"encoder": args.encoder} if args.encoder else {}), init=args.init, init_aspp=args.init_aspp,
+        init_model=args.init_model, epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, tile=args.tile, batch=args.batch, lr=args.lr,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
         device=args.device, amp=not args.no_amp, colours=_colours(args.colour), resume=args.resume,
@@ -86,9 +88,30 @@ def _predict(args: argparse.Namespace, progress) -> dict[str, Any]:
     params = PredictParams(
         model=args.model, raster=args.raster, out=args.out, confidence=args.confidence, tile=args.tile,
         overlap=args.overlap, batch=args.batch, device=args.device, amp=not args.no_amp,
-        extent=args.extent, extent_crs=args.extent_crs,
+        extent=args.extent, extent_crs=args.extent_crs, vector=args.vector, min_area=args.min_area,
+        simplify=args.simplify,
     )
     return run_predict(params, progress)
+
+
+def _export(args: argparse.Namespace, progress) -> dict[str, Any]:
+    from .export import run_export
+    from .schemas import ExportParams
+
+    params = ExportParams(model=args.model, out=args.onnx, tile=args.tile, opset=args.opset, overlap=args.overlap)
+    return run_export(params, progress)
+
+
+def _suggest(args: argparse.Namespace, progress) -> dict[str, Any]:
+    from .schemas import SuggestParams
+    from .suggest_run import run_suggest
+
+    params = SuggestParams(
+        model=args.model, raster=args.raster, labels=args.labels, class_field=args.class_field, layer=args.layer,
+        out=args.out, k=args.k, window=args.window, spacing=args.spacing, measure=args.measure,
+        class_decay=args.class_decay, tile=args.tile, batch=args.batch, device=args.device, amp=not args.no_amp,
+    )
+    return run_suggest(params, progress)
 
 
 def _evaluate(args: argparse.Namespace, progress) -> dict[str, Any]:
@@ -131,7 +154,18 @@ def _summary(command: str, result: dict[str, Any]) -> str:
         lines.append(f"Classes: {result['classes_raster']}")
         if result.get("confidence_raster"):
             lines.append(f"Confidence: {result['confidence_raster']}")
+        if result.get("vector"):
+            lines.append(f"Polygons: {result['vector']} ({result['polygons']} polygons)")
         lines.append(f"QGIS style: {result['style']} ({result['seconds']} s, {result['device']})")
+    elif command == "export":
+        lines.append(f"ONNX model written to {result['onnx']} (input {result['input_shape']}, opset "
+                     f"{result['opset']}; onnxruntime vs torch max |Δp| {result['max_abs_diff']:.1e}).")
+        lines.append("Load it in Deepness (Segmentor); its metadata set the tile size, bands, normalisation "
+                     "and class names.")
+    elif command == "suggest":
+        for it in result["items"]:
+            lines.append(f"{it['rank']:>3}. {it['reason']} at x {it['centre'][0]:.1f}, y {it['centre'][1]:.1f}")
+        lines.append(f"{result['count']} suggestions written to {result['suggestions']} (layer '{result['layer']}').")
     elif command == "evaluate":
         lines.append(f"OA {result['overall_accuracy']:.4f}  Kappa {result['kappa']:.4f}  "
                      f"mIoU {result['miou']:.4f}  ({result['pixels']} pixels)")
@@ -196,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                     help="write the resume state every N steps (default 500)")
     pt.add_argument("--resume", action="store_true", help="continue from ENC.pt.state.pt, exactly where it stopped")
+    pt.add_argument("--view-bands", nargs="+", metavar="BANDS",
+                    help="byol/moco (RS-BYOL): the two views from two equal band groups, e.g. --view-bands "
+                         "'1,2,3,7' '8,9,10,11' (1-based), or K random bands per view: --view-bands random:4")
+    pt.add_argument("--pair", action="append", metavar="B.tif",
+                    help="byol/moco (RS-BYOL): co-registered raster of the same place (e.g. Sentinel-1), one per "
+                         "--raster in the same order; view 2 is read from it over the same ground")
     extent(pt, "sample training windows")
     device(pt)
     common(pt)
@@ -210,8 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--class-field", required=True, metavar="F", help="attribute holding each polygon's class")
     ft.add_argument("--layer", help="layer name, for files with several layers")
     ft.add_argument("--out", required=True, metavar="M.pt", help="model file to write")
-    ft.add_argument("--encoder", choices=ENCODERS, default="resnet18", help="backbone (default: resnet18)")
-    ft.add_argument("--init", metavar="PRETRAINED.pt", help="start from a `geossl pretrain` encoder")
+    ft.add_argument("--encoder", choices=ENCODERS, help="backbone (default: resnet18, or --init-model's)")
+    init = ft.add_mutually_exclusive_group()
+    init.add_argument("--init", metavar="PRETRAINED.pt", help="start from a `geossl pretrain` encoder")
+    init.add_argument("--init-model", metavar="M.pt",
+                      help="warm start: continue training a fine-tuned model (all weights; same classes), "
+                           "e.g. after adding polygons where `geossl suggest` pointed")
     ft.add_argument("--init-aspp", action="store_true", help="also load the pretrained ASPP module")
     budget = ft.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="training epochs (default 20)")
@@ -241,10 +285,54 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")
     pr.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     pr.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    pr.add_argument("--vector", metavar="OUT.gpkg", help="also write the classes as polygons (class id, name, "
+                    "mean confidence), styled by OUT.qml")
+    pr.add_argument("--min-area", type=float, metavar="A", help="with --vector: merge regions smaller than A "
+                    "map units² (e.g. m²) into their neighbours first")
+    pr.add_argument("--simplify", type=float, metavar="T", help="with --vector: simplification tolerance in map "
+                    "units (shared edges stay shared)")
     extent(pr, "classify")
     device(pr)
     common(pr)
     pr.set_defaults(run=_predict)
+
+    ex = sub.add_parser("export", help="a model as ONNX for the Deepness QGIS plugin",
+                        description="Write a fine-tuned model as an ONNX graph that Deepness loads as a Segmentor: "
+                                    "fixed tile size, softmax output, band normalisation and class names in its "
+                                    "metadata (checked against torch on one tile).")
+    ex.add_argument("--model", required=True, metavar="M.pt", help="fine-tuned model")
+    ex.add_argument("--onnx", required=True, metavar="M.onnx", help="ONNX file to write")
+    ex.add_argument("--tile", type=int, help="fixed input size in pixels (default: the model's training tile)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-21 (default 18)")
+    ex.add_argument("--overlap", type=int, default=25, help="tile overlap Deepness proposes, in %% (default 25)")
+    common(ex)
+    ex.set_defaults(run=_export)
+
+    sg = sub.add_parser("suggest", help="where to label next: the places the model is least sure about",
+                        description="Propose K square windows to draw new polygons in: where the model's top two "
+                                    "classes are closest (or its entropy highest), spread apart and across "
+                                    "predicted classes, never on nodata or existing polygons. Then continue "
+                                    "training with `geossl finetune --init-model M.pt`.")
+    sg.add_argument("--model", required=True, metavar="M.pt", help="fine-tuned model")
+    sg.add_argument("--raster", required=True, metavar="R.tif")
+    sg.add_argument("--labels", metavar="L.gpkg", help="existing polygons (their ground is never suggested)")
+    sg.add_argument("--class-field", metavar="F", help="class attribute of --labels")
+    sg.add_argument("--layer", help="layer name of --labels")
+    sg.add_argument("-k", type=int, default=10, help="number of suggestions (default 10)")
+    sg.add_argument("--out", required=True, metavar="S.gpkg", help="GeoPackage to write (layer 'label here next')")
+    sg.add_argument("--window", type=int, default=64, help="side of a suggested square in pixels, multiple of 4 "
+                    "(default 64)")
+    sg.add_argument("--spacing", type=int, help="minimum distance between suggestions in pixels "
+                    "(default: twice the window)")
+    sg.add_argument("--measure", choices=["margin", "entropy"], default="margin",
+                    help="uncertainty: 1 - (p1 - p2), or normalised entropy (default margin)")
+    sg.add_argument("--class-decay", type=float, default=0.5,
+                    help="score factor per earlier pick of the same predicted class (1: no class diversity)")
+    sg.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")
+    sg.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    device(sg)
+    common(sg)
+    sg.set_defaults(run=_suggest)
 
     ev = sub.add_parser("evaluate", help="accuracy of a classified map (OA, Kappa, F1, mIoU)",
                         description="Compare a classified map with a reference raster or reference polygons.")

@@ -36,6 +36,8 @@ class FinetuneParams(_Params):
     encoder: Encoder = "resnet18"
     init: str | None = Field(None, description="Pretrained encoder checkpoint from `geossl pretrain`")
     init_aspp: bool = Field(False, description="Also load the pretrained ASPP module")
+    init_model: str | None = Field(None, description="Warm start: continue from this fine-tuned model (all "
+                                   "weights, its classes, encoder and band statistics)")
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
     steps_per_epoch: int = Field(50, ge=1)
@@ -61,6 +63,8 @@ class FinetuneParams(_Params):
     def _budget(self) -> FinetuneParams:
         if self.epochs is None and self.steps is None:
             self.epochs = 20
+        if self.init and self.init_model:
+            raise ValueError("give either init (a pretrained encoder) or init_model (a fine-tuned model), not both")
         return self
 
     @property
@@ -95,11 +99,92 @@ class PredictParams(_Extent):
     batch: int = Field(8, ge=1, le=1024)
     device: Device = "auto"
     amp: bool = True
+    vector: str | None = Field(None, description="Also write the classes as polygons (GeoPackage, .gpkg)")
+    min_area: float | None = Field(None, gt=0, description="Vector: merge regions smaller than this area "
+                                   "(map units², e.g. m²) into their neighbours first")
+    simplify: float | None = Field(None, gt=0, description="Vector: simplification tolerance (map units); "
+                                   "neighbouring polygons keep shared edges")
 
     @field_validator("tile")
     @classmethod
     def _tile(cls, v: int | None) -> int | None:
         return None if v is None else _tile_ok(v)
+
+    @field_validator("vector")
+    @classmethod
+    def _gpkg(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().endswith(".gpkg"):
+            raise ValueError(f"vector output must be a GeoPackage (.gpkg), got '{v}'")
+        return v
+
+    @model_validator(mode="after")
+    def _vector_options(self) -> PredictParams:
+        if self.vector is None and (self.min_area is not None or self.simplify is not None):
+            raise ValueError("min_area and simplify apply to the vector output: give vector too")
+        return self
+
+
+class ExportParams(_Params):
+    """A fine-tuned model as ONNX for the Deepness QGIS plugin."""
+
+    model: str = Field(description="Fine-tuned model (.pt)")
+    out: str = Field(description="ONNX file to write (.onnx)")
+    tile: int | None = Field(None, ge=32, le=4096, description="Fixed input size (default: the training tile)")
+    opset: int = Field(18, ge=18, le=21, description="ONNX opset (18 runs on onnxruntime ≥ 1.14)")
+    overlap: int = Field(25, ge=0, le=75, description="Tile overlap Deepness proposes, in percent")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        return None if v is None else _tile_ok(v)
+
+    @field_validator("out")
+    @classmethod
+    def _onnx(cls, v: str) -> str:
+        if not v.lower().endswith(".onnx"):
+            raise ValueError(f"the output must be an .onnx file, got '{v}'")
+        return v
+
+
+class SuggestParams(_Params):
+    """Where to label next: the windows a fine-tuned model is least sure about."""
+
+    model: str = Field(description="Fine-tuned model (.pt)")
+    raster: str
+    labels: str | None = Field(None, description="Existing polygons: their ground is never suggested")
+    class_field: str | None = Field(None, description="Class field of labels (checked against the model)")
+    layer: str | None = Field(None, description="Layer of a multi-layer vector file")
+    out: str = Field(description="GeoPackage to write (layer 'label here next')")
+    k: int = Field(10, ge=1, le=1000, description="Number of suggestions")
+    window: int = Field(64, ge=8, le=4096, description="Side of a suggested square, in pixels (multiple of 4)")
+    spacing: int | None = Field(None, ge=0, description="Minimum distance between centres in pixels "
+                                "(default: twice the window)")
+    measure: Literal["margin", "entropy"] = "margin"
+    class_decay: float = Field(0.5, gt=0, le=1, description="Score factor per earlier pick of the same "
+                               "predicted class (1: no class diversity)")
+    tile: int | None = Field(None, ge=32, le=4096, description="Default: the model's training tile")
+    overlap: int | None = Field(None, ge=0, description="Default: a quarter of the tile")
+    batch: int = Field(8, ge=1, le=1024)
+    device: Device = "auto"
+    amp: bool = True
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"window must be a multiple of 4, got {v}")
+        return v
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        return None if v is None else _tile_ok(v)
+
+    @model_validator(mode="after")
+    def _field(self) -> SuggestParams:
+        if self.labels is not None and not self.class_field:
+            raise ValueError("class_field is required with labels")
+        return self
 
 
 class EvaluateParams(_Params):
@@ -156,6 +241,14 @@ class PretrainParams(_Extent):
     amp: bool = True
     checkpoint_every: int = Field(500, ge=1, description="Steps between resume states")
     resume: bool = Field(False, description="Continue from <out>.state.pt when it exists")
+    view_bands: list[str] | None = Field(
+        None, min_length=1, max_length=2,
+        description="RS-BYOL views (byol, moco): two equal-size 1-based band groups, e.g. ['1,2,3,7', '8,9,10,11'], "
+                    "or ['random:K'] for K random bands per view")
+    pair: list[str] | None = Field(
+        None, min_length=1,
+        description="Co-registered raster per raster (byol, moco), e.g. Sentinel-1 for Sentinel-2: view 2 comes "
+                    "from it, reprojected on the fly if its grid differs")
 
     @field_validator("tile")
     @classmethod
@@ -167,11 +260,17 @@ class PretrainParams(_Extent):
         if self.epochs is None and self.steps is None:
             self.epochs = 20
         from .methods import get_method
+        from .views import check_view_bands_syntax
 
-        known = get_method(self.method).default_options()
+        cls = get_method(self.method)
+        known = cls.default_options()
         unknown = sorted(set(self.method_options) - set(known))
         if unknown:
             raise ValueError(f"unknown {self.method} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cls.check_options(self.method_options, self.batch)
+        if (self.view_bands or self.pair) and not cls.supports_views:
+            raise ValueError(f"view_bands and pair need a method with band views (byol, moco), not {self.method}")
+        check_view_bands_syntax(self.view_bands)
         return self
 
     @property

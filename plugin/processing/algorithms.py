@@ -26,6 +26,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
     QgsRasterLayer,
     QgsVectorLayer,
@@ -166,6 +167,15 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classified map"))
         self.addParameter(QgsProcessingParameterRasterDestination("CONFIDENCE", "Confidence", optional=True,
                                                                   createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "POLYGONS", "Polygons (GeoPackage: class, name, mean confidence)", QgsProcessing.TypeVectorPolygon,
+            optional=True, createByDefault=False))
+        for name, label in (("MIN_AREA", "Polygons: merge regions smaller than (map units²)"),
+                            ("SIMPLIFY", "Polygons: simplification tolerance (map units)")):
+            number = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double, None,
+                                                  optional=True, minValue=0.0)
+            number.setFlags(number.flags() | number.FlagAdvanced)
+            self.addParameter(number)
 
     def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -180,6 +190,15 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
             if parameters.get("CONFIDENCE") not in (None, "") else ""
         if confidence:
             params["confidence"] = confidence
+        polygons = self.parameterAsOutputLayer(parameters, "POLYGONS", context) \
+            if parameters.get("POLYGONS") not in (None, "") else ""
+        if polygons:
+            if not polygons.lower().endswith(".gpkg"):
+                raise QgsProcessingException(f"Save the polygons as a GeoPackage (.gpkg), not '{polygons}'.")
+            params["vector"] = polygons
+            for name, key in (("MIN_AREA", "min_area"), ("SIMPLIFY", "simplify")):
+                if parameters.get(name) not in (None, "") and self.parameterAsDouble(parameters, name, context) > 0:
+                    params[key] = self.parameterAsDouble(parameters, name, context)
         return params
 
     def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +206,33 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
         out = {"OUTPUT": result.get("classes_raster") or self._params["out"]}
         if self._params.get("confidence"):
             out["CONFIDENCE"] = result.get("confidence_raster") or self._params["confidence"]
+        if self._params.get("vector"):
+            out["POLYGONS"] = result.get("vector") or self._params["vector"]
         return out
+
+
+class ExportOnnxAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "export", "export_onnx", "Export model to ONNX"
+    HELP = ("<p>Write a fine-tuned GeoSSL model (<code>.pt</code>) as an ONNX file that the <i>Deepness</i> plugin "
+            "loads as a Segmentor: fixed tile size, class probabilities out, and the band normalisation, class "
+            "names, pixel size and tile overlap in its metadata, so Deepness needs no further settings.</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
+        tile = _integer("TILE", "Tile size (pixels; default: the model's training tile)", None, 32, optional=True)
+        tile.setFlags(tile.flags() | tile.FlagAdvanced)
+        self.addParameter(tile)
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "ONNX model", "ONNX model (*.onnx)"))
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.parameterAsFile(parameters, "MODEL", context),
+                                  "out": self.parameterAsFileOutput(parameters, "OUTPUT", context)}
+        if parameters.get("TILE") not in (None, ""):
+            params["tile"] = self.parameterAsInt(parameters, "TILE", context)
+        return params
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {"OUTPUT": (job.get("result") or {}).get("onnx") or self._params["out"]}
 
 
 class _PolygonTraining:
@@ -226,6 +271,9 @@ class FinetuneAlgorithm(GeoSSLAlgorithm):
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
         self.addParameter(QgsProcessingParameterFile("INIT", "Pretrained encoder (optional)", extension="pt",
                                                      optional=True))
+        self.addParameter(QgsProcessingParameterFile("INIT_MODEL", "Continue from a fine-tuned model (optional; "
+                                                     "its encoder and classes are kept)", extension="pt",
+                                                     optional=True))
         _add_training_parameters(self, steps=300, tile=128, min_tile=32, batch=8, min_batch=1)
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file", "GeoSSL model (*.pt)"))
         self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", "Steps trained"))
@@ -243,6 +291,10 @@ class FinetuneAlgorithm(GeoSSLAlgorithm):
         init = self.parameterAsFile(parameters, "INIT", context)
         if init:
             params["init"] = init
+        init_model = self.parameterAsFile(parameters, "INIT_MODEL", context)
+        if init_model:  # a warm start keeps the model's encoder: the Encoder choice does not apply
+            params["init_model"] = init_model
+            params.pop("encoder", None)
         colours = class_colours(layer, params["class_field"])
         if colours:
             params["colours"] = colours
@@ -293,13 +345,13 @@ class EvaluateAlgorithm(GeoSSLAlgorithm):
 
 class PretrainAlgorithm(GeoSSLAlgorithm):
     KIND, NAME, TITLE = "pretrain", "pretrain", "Pretrain an encoder (self-supervised)"
-    HELP = ("<p>Learn features from your own unlabeled rasters (GLCNet, SimCLR…; the backend lists its methods "
+    HELP = ("<p>Learn features from your own unlabeled rasters (GLCNet, SimCLR, BYOL, MoCo…; the backend lists its methods "
             "in the GeoSSL panel). Fine-tune from the result with the <i>Pretrained encoder</i> input.</p>")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Unlabeled rasters",
                                                                QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterString("METHOD", "Method (e.g. glcnet, simclr)", "glcnet"))
+        self.addParameter(QgsProcessingParameterString("METHOD", "Method (e.g. glcnet, simclr, byol, moco)", "glcnet"))
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
         _add_training_parameters(self, steps=1000, tile=256, min_tile=64, batch=32, min_batch=2)
         resume = QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run with the same output", False)
@@ -324,4 +376,42 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
         return {"OUTPUT": result.get("model") or self._params["out"]}
 
 
-ALGORITHMS = (FinetuneAlgorithm, SegmentAlgorithm, EvaluateAlgorithm, PretrainAlgorithm)
+class SuggestAlgorithm(GeoSSLAlgorithm):
+    KIND, NAME, TITLE = "suggest", "suggest", "Suggest where to label next"
+    HELP = ("<p>The places a fine-tuned model is least sure about: K squares where its two most likely classes "
+            "are closest, spread apart and across predicted classes, never on nodata or on your polygons. Each "
+            "has a rank and the reason (e.g. <i>water vs road, margin 0.04</i>). Draw a polygon in each, then "
+            "continue training with <i>Fine-tune</i> and the model as <i>Continue from</i>.</p>")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster"))
+        self.addParameter(QgsProcessingParameterVectorLayer("POLYGONS", "Existing polygons (not suggested again)",
+                                                            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterField("CLASS_FIELD", "Class field", parentLayerParameterName="POLYGONS",
+                                                      optional=True))
+        self.addParameter(_integer("K", "Number of suggestions", 10, 1))
+        self.addParameter(_integer("WINDOW", "Square size (pixels, multiple of 4)", 64, 8))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Suggestions", "GeoPackage (*.gpkg)"))
+        self.addOutput(QgsProcessingOutputNumber("COUNT", "Suggestions written"))
+
+    def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.parameterAsFile(parameters, "MODEL", context),
+            "raster": _raster_file(self.parameterAsRasterLayer(parameters, "INPUT", context), "raster"),
+            "k": self.parameterAsInt(parameters, "K", context),
+            "window": self.parameterAsInt(parameters, "WINDOW", context),
+            "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
+        }
+        if self.parameterAsVectorLayer(parameters, "POLYGONS", context) is not None:
+            polygons, _layer = _PolygonTraining.polygon_params(self, parameters, context)
+            params.update(polygons)
+        return params
+
+    def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
+        result = job.get("result") or {}
+        return {"OUTPUT": result.get("suggestions") or self._params["out"], "COUNT": result.get("count")}
+
+
+ALGORITHMS = (FinetuneAlgorithm, SegmentAlgorithm, EvaluateAlgorithm, PretrainAlgorithm, SuggestAlgorithm,
+              ExportOnnxAlgorithm)

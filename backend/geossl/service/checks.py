@@ -25,9 +25,11 @@ from ..raster_io import RasterInfo, check_output_path, check_training_rasters, e
 
 # Fields holding paths a job reads, per job type: any of them may be another job's output.
 INPUT_FIELDS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("rasters",),
-    "finetune": ("rasters", "labels", "init"),
+    "pretrain": ("rasters", "pair"),
+    "finetune": ("rasters", "labels", "init", "init_model"),
+    "suggest": ("model", "raster", "labels"),
     "predict": ("model", "raster"),
+    "export": ("model",),
     "evaluate": ("prediction", "reference", "labels"),
 }
 
@@ -59,6 +61,8 @@ def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
     paths: list[str | Path] = [out] if out else []
     if job_type == "predict":
         paths += [p for p in (params.get("confidence"), Path(out).with_suffix(".qml")) if p]
+        if params.get("vector"):  # polygons and their style
+            paths += [params["vector"], Path(params["vector"]).with_suffix(".qml")]
     elif job_type == "pretrain" and out:
         paths += _pretrain_sidecars(out)
     elif job_type == "finetune" and out:
@@ -110,6 +114,28 @@ def check_job(job_type: str, params: BaseModel, policy: OutputPolicy,
               pending: Mapping[Path, str], own_id: str | None = None) -> Plan:
     """Check ``params`` like the run will; ``pending`` maps outputs of active jobs to their ids."""
     data = params.model_dump()
+    check_path_texts(job_type, data)
+    try:
+        return _check_job(job_type, params, data, policy, pending, own_id)
+    except OSError as exc:  # a path the OS refuses to look at (too long, a loop of links…)
+        raise GeoSSLError(f"Path '{exc.filename or ''}' cannot be used: {exc.strerror or exc}.",
+                          "give an existing, readable file (or a writable folder for outputs).") from exc
+
+
+PATH_FIELDS = ("out", "confidence", "vector")  # outputs; the inputs are INPUT_FIELDS
+
+
+def check_path_texts(job_type: str, data: Mapping[str, Any]) -> None:
+    """Refuse path strings no file can have (empty, no file name, NUL byte) before touching the disk."""
+    for name in (*INPUT_FIELDS.get(job_type, ()), *PATH_FIELDS):
+        for text in _paths(data.get(name)):
+            if "\0" in text or not text.strip() or not Path(text).name:
+                raise GeoSSLError(f"'{name}' is not a usable file path: {text!r}.",
+                                  "give the full path of a file, e.g. /data/scene.tif.")
+
+
+def _check_job(job_type: str, params: BaseModel, data: dict[str, Any], policy: OutputPolicy,
+               pending: Mapping[Path, str], own_id: str | None) -> Plan:
     outputs = job_outputs(job_type, data)
     inputs = job_inputs(job_type, data)
     for out in outputs:
@@ -149,6 +175,7 @@ def _check_finetune(p: Any, policy: OutputPolicy, later: Any) -> None:
         load_label_polygons(p.labels, p.class_field, infos, colours=p.colours, layer=p.layer)
     else:
         read_vector(p.labels, p.class_field, p.layer)
+    _check_warm_start(p, infos, later)
     if p.init and not later(p.init):
         ck = load_checkpoint(p.init, "pretrained")
         if ck.get("encoder") != p.encoder:
@@ -156,9 +183,40 @@ def _check_finetune(p: Any, policy: OutputPolicy, later: Any) -> None:
                 f"The pretrained checkpoint has encoder {ck.get('encoder')}, but fine-tuning asks for {p.encoder}.",
                 f"use encoder {ck.get('encoder')} or pretrain a {p.encoder}.")
         if infos and int(ck.get("in_channels", -1)) != infos[0].count:
+            from ..views import trained_on
+
             raise GeoSSLError(
-                f"The pretrained checkpoint expects {ck.get('in_channels')} bands, the raster has {infos[0].count}.",
-                "fine-tune on rasters with the bands the encoder was pretrained on.")
+                f"The pretrained checkpoint expects {ck.get('in_channels')} bands{trained_on(ck)}, "
+                f"the raster has {infos[0].count}.",
+                "fine-tune on rasters with the bands the encoder was pretrained on (e.g. gdal_translate -b …).")
+
+
+def _check_warm_start(p: Any, infos: list[RasterInfo] | None, later: Any) -> None:
+    """``init_model``: a fine-tuned model with the rasters' bands, its encoder, and every class of the labels."""
+    from ..checkpoint import load_checkpoint
+    from ..finetune import warm_start_params
+
+    if p.init_model and not later(p.init_model) and infos:
+        warm_start_params(p, load_checkpoint(p.init_model, "segmentation"), infos[0].count)
+
+
+def _check_suggest(p: Any, policy: OutputPolicy, later: Any) -> None:
+    from ..checkpoint import load_checkpoint
+    from ..labels import read_vector
+
+    policy.check(p.out)
+    info = None if later(p.raster) else raster_info(p.raster)
+    if info is not None and p.window > min(info.width, info.height):
+        raise GeoSSLError(f"The window ({p.window} px) is larger than the raster ({info.width}×{info.height}).",
+                          "choose a smaller window.")
+    if not later(p.model):
+        ck = load_checkpoint(p.model, "segmentation")
+        if info is not None and info.count != int(ck["in_channels"]):
+            raise GeoSSLError(
+                f"The model expects {ck['in_channels']} bands but '{Path(p.raster).name}' has {info.count}.",
+                "suggest on a raster with the same bands as the training rasters.")
+    if p.labels and not later(p.labels):
+        read_vector(p.labels, p.class_field, p.layer)
 
 
 def _check_predict(p: Any, policy: OutputPolicy, later: Any) -> None:
@@ -171,6 +229,11 @@ def _check_predict(p: Any, policy: OutputPolicy, later: Any) -> None:
             raise GeoSSLError("The confidence raster and the classified raster are the same file.",
                               "give the confidence raster its own name.")
         policy.check(p.confidence)
+    if p.vector:
+        from ..vectorize import check_vector_output
+
+        vector = policy.check(check_vector_output(p.vector, out))
+        policy.check(vector.with_suffix(".qml"))
     info = None if later(p.raster) else raster_info(p.raster)
     if info is not None and p.extent and extent_window(info, p.extent, p.extent_crs) is None:
         raise GeoSSLError(f"The extent does not overlap '{Path(p.raster).name}'.",
@@ -226,7 +289,19 @@ def _check_pretrain(p: Any, policy: OutputPolicy, later: Any) -> None:
     infos = check_rasters(expand_rasters(rasters))  # folders of GeoTIFFs allowed, no CRS needed
     if p.extent:
         extent_regions(infos, p)
+    if (p.view_bands or p.pair) and len(rasters) == len(p.rasters) and not any(later(r) for r in p.pair or []):
+        from ..pretrain import check_views
+
+        check_views(p, infos)  # band numbers in range, one pair per raster on the same ground
+
+
+def _check_export(p: Any, policy: OutputPolicy, later: Any) -> None:
+    policy.check(p.out)
+    if not later(p.model):
+        from ..checkpoint import load_checkpoint
+
+        load_checkpoint(p.model, "segmentation")
 
 
 _CHECKERS = {"finetune": _check_finetune, "predict": _check_predict, "evaluate": _check_evaluate,
-             "pretrain": _check_pretrain}
+             "pretrain": _check_pretrain, "export": _check_export, "suggest": _check_suggest}

@@ -97,6 +97,9 @@ def job_types() -> dict[str, JobType]:
         "predict": JobType("predict", schemas.PredictParams, "geossl.predict:run_predict", True, True, "restart"),
         "evaluate": JobType("evaluate", schemas.EvaluateParams, "geossl.evaluate:run_evaluate", False, False,
                             "restart"),
+        "export": JobType("export", schemas.ExportParams, "geossl.export:run_export", False, True, "restart"),
+        "suggest": JobType("suggest", schemas.SuggestParams, "geossl.suggest_run:run_suggest", True, True,
+                           "restart"),
     }
 
 
