@@ -24,6 +24,7 @@ from .models import autocast, build_model, pick_device, prepare
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import (
     BandStats,
+    RasterInfo,
     check_output_path,
     extent_window,
     geotiff_writer,
@@ -41,6 +42,15 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]))
     model.load_state_dict(ckpt["state_dict"])
     return prepare(model, device).eval(), ckpt
+
+
+def check_model_bands(ckpt: dict, info: RasterInfo, action: str) -> None:
+    """Refuse a raster whose band count is not the model's, before any tile is read."""
+    if info.count != int(ckpt["in_channels"]):
+        raise GeoSSLError(
+            f"The model expects {ckpt['in_channels']} bands but '{Path(info.path).name}' has {info.count}.",
+            f"{action} on a raster with the same bands as the training rasters.",
+        )
 
 
 def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool):
@@ -66,11 +76,7 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
     device = pick_device(params.device)
     model, ckpt = load_model(params.model, device)
     info = raster_info(params.raster)
-    if info.count != int(ckpt["in_channels"]):
-        raise GeoSSLError(
-            f"The model expects {ckpt['in_channels']} bands but '{Path(params.raster).name}' has {info.count}.",
-            "predict on a raster with the same bands as the training rasters.",
-        )
+    check_model_bands(ckpt, info, "predict")
     window = None
     if params.extent:
         window = extent_window(info, params.extent, params.extent_crs)

@@ -21,7 +21,7 @@ from pyproj import CRS, Transformer
 from .classes import IGNORE_INDEX, ClassTable
 from .errors import GeoSSLError
 from .labels import LabelPolygons, read_vector, value_names
-from .predict import load_model, torch_predictor
+from .predict import check_model_bands, load_model, torch_predictor
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import BandStats, RasterInfo, atomic_path, check_output_path, open_raster, raster_info
 from .schemas import SuggestParams
@@ -60,10 +60,7 @@ def run_suggest(params: SuggestParams, progress: ProgressCallback = null_progres
     device = pick_device(params.device)
     model, ckpt = load_model(params.model, device)
     info = raster_info(params.raster)
-    if info.count != int(ckpt["in_channels"]):
-        raise GeoSSLError(
-            f"The model expects {ckpt['in_channels']} bands but '{Path(params.raster).name}' has {info.count}.",
-            "suggest on a raster with the same bands as the training rasters.")
+    check_model_bands(ckpt, info, "suggest")
     if params.window > min(info.width, info.height):
         raise GeoSSLError(f"The window ({params.window} px) is larger than the raster ({info.width}×{info.height}).",
                           "choose a smaller --window.")
