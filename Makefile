@@ -84,19 +84,19 @@ demo: demo-data
 BENCH ?= quick
 ifeq ($(BENCH),gpu)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
-PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256
+PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256 --workers 4
 FEWLABEL_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
 FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
 SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
 else ifeq ($(BENCH),full)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
-PRETRAIN_ARGS := --steps 20
+PRETRAIN_ARGS := --steps 20 --workers 1
 FEWLABEL_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 400
 FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 200
 SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
 PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 8192
-PRETRAIN_ARGS := --steps 10
+PRETRAIN_ARGS := --steps 10 --workers 1
 FEWLABEL_ARGS := --images 6 --seeds 0 1 2 --steps 60 --pretrain-steps 60
 FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 60 --pretrain-steps 60
 SUGGEST_ARGS := --images 3 --seeds 0 1 2 --k 5 --steps 60 --round-steps 30
