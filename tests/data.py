@@ -16,6 +16,12 @@ PIXEL = 10.0
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Python code printing this process's peak resident memory in MB, for ``python -c`` children.
+# VmHWM, not ``ru_maxrss``: Linux carries the parent's peak RSS over fork + exec into the child's
+# ``ru_maxrss``, so a child of a big pytest or benchmark process would report its parent's memory.
+PEAK_RSS_MB_CODE = ("int(next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1])"
+                    " / 1024")
+
 
 def write_raster(path: Path, data: np.ndarray, crs: str | None = UTM33, nodata: float | None = None,
                  origin: tuple[float, float] = ORIGIN, pixel: float = PIXEL, tiled: bool = False) -> Path:

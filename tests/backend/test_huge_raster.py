@@ -22,7 +22,7 @@ from geossl.service.checks import OutputPolicy, check_job
 from geossl.tiling import predict_stripes, stripe_columns, tile_starts
 
 from tests.backend.service_helpers import segmentation_model
-from tests.data import ORIGIN, PIXEL
+from tests.data import ORIGIN, PEAK_RSS_MB_CODE, PIXEL
 from tests.huge_raster import HUGE, patches, write_sparse_cog
 
 RSS_LIMIT_MB = 1500
@@ -54,8 +54,8 @@ def test_predict_an_extent_of_it_with_bounded_memory(huge):
     x0, y1 = ORIGIN[0] + (col - 128) * PIXEL, ORIGIN[1] - (row - 128) * PIXEL
     extent = [x0, y1 - 768 * PIXEL, x0 + 768 * PIXEL, y1]
     out = huge["dir"] / "extent.tif"
-    code = ("import resource, sys; from geossl.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)")
+    code = ("import sys; from geossl.cli import main; rc = main(sys.argv[1:]); "
+            f"print('PEAK_RSS_MB', {PEAK_RSS_MB_CODE}); sys.exit(rc)")
     p = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(huge["model"]), "--raster",
                         str(huge["path"]), "--out", str(out), "--tile", "256", "--overlap", "32", "--extent",
                         *map(str, extent)], capture_output=True, text=True, timeout=600)

@@ -37,7 +37,7 @@ from geossl.raster_io import BandStats  # noqa: E402
 from geossl.schemas import PredictParams  # noqa: E402
 from geossl.tiling import batch_sizes  # noqa: E402
 
-from tests.data import ORIGIN, PIXEL, UTM33  # noqa: E402
+from tests.data import ORIGIN, PEAK_RSS_MB_CODE, PIXEL, UTM33  # noqa: E402
 
 CLASSES = 6
 
@@ -96,10 +96,10 @@ def end_to_end(model: Path, raster: Path, out: Path, tile: int, overlap: int, ba
 
 def peak_rss_predict(raster: Path, model: Path, out: Path, tile: int, batch: int) -> tuple[float, float]:
     """(peak RSS MB, seconds) of a separate `geossl predict` process (classes + confidence)."""
-    code = ("import resource,sys,time; from geossl.cli import main; t=time.perf_counter(); "
+    code = ("import sys,time; from geossl.cli import main; t=time.perf_counter(); "
             f"main(['predict','--model','{model}','--raster','{raster}','--out','{out}','--confidence',"
             f"'{out}.conf.tif','--tile','{tile}','--batch','{batch}','--json']); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, time.perf_counter()-t, file=sys.stderr)")
+            f"print({PEAK_RSS_MB_CODE}, time.perf_counter()-t, file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     rss, seconds = r.stderr.strip().splitlines()[-1].split()
     return float(rss), float(seconds)
@@ -172,7 +172,7 @@ def main() -> None:
                  "seconds | Mpixel/s |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['size']}² | {r['raster_mb']} | {r['peak_rss_mb']} | {r['rss_ratio']} | {r['seconds']} | "
                   f"{r['mpix_per_s']} |" for r in rss_rows]
-        lines += ["", "Peak RSS (`ru_maxrss`) of a separate `geossl predict` process, torch and the model included."]
+        lines += ["", "Peak RSS (VmHWM) of a separate `geossl predict` process, torch and the model included."]
         (args.out / "memory.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 
