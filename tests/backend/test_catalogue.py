@@ -133,3 +133,32 @@ def test_api_all_nodata_raster_fails_the_job_with_the_message(inputs, service):
     done = service.wait_job(job["id"], ["failed"], timeout=180)
     assert "entirely nodata" in done["error"] and "Fix:" in done["error"] and "Traceback" not in done["error"]
     assert not (d / "nodata.pt").exists() and not list(d.glob(".nodata.pt*"))
+
+
+def test_api_reprojects_foreign_crs_skips_null_classes_and_predicts_tiny_rasters(inputs, service):
+    """Catalogue rows that are not refusals, over the API: polygons in EPSG:4326 over a UTM raster are
+    reprojected (the job trains), a null class is skipped with a warning, a 5×7 raster is predicted."""
+    import shapely
+    from pyproj import Transformer
+
+    d = inputs["dir"]
+    to_wgs84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+
+    def wgs84(geom):
+        return shapely.transform(geom, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
+
+    boxes = [pixel_box(4, 4, 24, 44), pixel_box(4, 52, 24, 92), pixel_box(72, 4, 92, 44), pixel_box(72, 52, 92, 92),
+             pixel_box(40, 40, 56, 56)]
+    labels = write_polygons(d / "wgs84_nulls.gpkg", [wgs84(b) for b in boxes],
+                            ["dark", "dark", "bright", "bright", None], crs="EPSG:4326")
+    job = service.submit("finetune", {"rasters": [str(inputs["raster"])], "labels": str(labels),
+                                      "class_field": "class", "out": str(d / "wgs84.pt"), **TINY})
+    done = service.wait_job(job["id"], timeout=300)
+    assert done["state"] == "succeeded", done
+    assert any("empty 'class'" in w for w in done["result"]["warnings"]), done["result"]
+    tiny = two_class_raster(d / "tiny_api.tif", h=5, w=7)
+    job = service.submit("predict", {"model": str(d / "wgs84.pt"), "raster": str(tiny), "out": str(d / "tiny_api_c.tif")})
+    done = service.wait_job(job["id"], timeout=300)
+    assert done["state"] == "succeeded", done
+    with rasterio.open(d / "tiny_api_c.tif") as dst:
+        assert (dst.width, dst.height) == (7, 5)
