@@ -276,6 +276,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except RasterioIOError as exc:  # an OSError without errno: before that clause
+        tmp_path.unlink(missing_ok=True)
+        # GDAL reports a failed block write without errno ("Write failed", libtiff's "Write error"):
+        # on a file we just created, a full disk, quota or file-size limit is what causes it.
+        if "write" in f"{exc} {exc.__cause__ or ''}".lower():
+            raise disk_full(target, f"GDAL: {exc.__cause__ or exc}") from exc
+        raise
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         if exc.errno in DISK_FULL_ERRNOS:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,12 +118,14 @@ class Service:
 
 
 def start_server(tmp_path: Path, *args: str, data_dir: Path | None = None, timeout: float = 90.0,
-                 console_gone: bool = False, cwd: Path | None = None) -> Service:
+                 console_gone: bool = False, cwd: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> Service:
     """Start ``geossl serve`` on a free port of 127.0.0.1 and wait for its discovery file.
 
     ``console_gone``: its stdout/stderr is a pipe closed once it listens, with buffered streams
     (no PYTHONUNBUFFERED), as when QGIS, which started it, has gone. ``cwd``: its working folder
     (relative paths in requests resolve there; fuzzing keeps them inside a temporary folder).
+    ``preexec_fn``: run in the child before ``geossl serve`` starts (e.g. a small file-size limit).
     """
     data_dir = data_dir or tmp_path / "data"
     discovery = data_dir / "service.json"
@@ -133,7 +135,7 @@ def start_server(tmp_path: Path, *args: str, data_dir: Path | None = None, timeo
     cmd = [*serve_command(), "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir), *args]
     with open(output, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if console_gone else out, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd)
+                                env=env, cwd=cwd, preexec_fn=preexec_fn)
 
     def ready() -> dict[str, Any] | None:
         if proc.poll() is not None:

@@ -18,15 +18,15 @@ import torch
 from geossl import checkpoint
 from geossl.errors import GeoSSLError
 
-from tests.backend.service_helpers import segmentation_model
+from tests.backend.service_helpers import segmentation_model, start_server
 from tests.data import two_class_raster
 
 LIMIT = 1000  # bytes: smaller than any GeoTIFF with a colour table, or any model file
 
 
-def _small_disk() -> None:
+def _small_disk(limit: int = LIMIT) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing us
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -75,3 +75,24 @@ def test_enospc_from_the_os_is_a_clear_error(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(path, "segmentation", {"w": torch.ones(4)}, note="new")
     assert "free disk space" in err.value.fix
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.partial*"))
+
+
+def test_api_predict_on_a_full_disk_fails_the_job_and_keeps_the_previous_map(tmp_path):
+    """The service (and its spawned workers) under a 300 kB file-size limit: its own database and logs
+    fit, the 512² confidence raster does not. The job fails with the message, the service lives on."""
+    model = segmentation_model(tmp_path / "m.pt")
+    raster = two_class_raster(tmp_path / "scene.tif", h=512, w=512)
+    out, conf = tmp_path / "classes.tif", tmp_path / "confidence.tif"
+    out.write_bytes(b"previous map")
+    service = start_server(tmp_path, "--no-prewarm", preexec_fn=lambda: _small_disk(300_000))
+    try:
+        job = service.submit("predict", {"model": str(model), "raster": str(raster), "out": str(out),
+                                         "confidence": str(conf), "tile": 128})
+        done = service.wait_job(job["id"], timeout=300)
+        assert done["state"] == "failed", done
+        assert "Not enough disk space to write" in done["error"] and "Traceback" not in done["error"], done["error"]
+        assert out.read_bytes() == b"previous map" and not conf.exists()
+        assert not list(tmp_path.glob(".*.partial*"))
+        assert service.get("/health").status_code == 200
+    finally:
+        service.stop()
