@@ -78,8 +78,8 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
-# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget: under 2 h on 2 cores, of which
-# pretraining ≈ 1 h) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
+# BENCH=quick (default, ~35 min on 2 CPU cores + ~45 min of suggestion rounds), full (the CPU budget:
+# pretraining ≈ 1 h; the whole run not yet timed) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
 # bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
 ifeq ($(BENCH),gpu)
