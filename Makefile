@@ -78,7 +78,7 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
-# BENCH=quick (default, ~35 min on 2 CPU cores + ~45 min of suggestion rounds), full (the CPU budget:
+# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget:
 # pretraining ≈ 1 h; the whole run not yet timed) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
 # bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
@@ -99,7 +99,7 @@ PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 8192
 PRETRAIN_ARGS := --steps 10 --workers 1
 FEWLABEL_ARGS := --images 6 --seeds 0 1 2 --steps 60 --pretrain-steps 60
 FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 60 --pretrain-steps 60
-SUGGEST_ARGS := --images 3 --seeds 0 1 2 --k 5 --steps 60 --round-steps 30
+SUGGEST_ARGS := --images 2 --seeds 0 1 2 --k 4 --steps 40 --round-steps 20
 endif
 
 bench: backend
