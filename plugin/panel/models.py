@@ -64,3 +64,29 @@ def parse_models(data: Any) -> list[ModelEntry]:
         entries.append(ModelEntry(path=path, name=name, kind=_kind(item), encoder=encoder, classes=classes,
                                   raw=dict(item)))
     return entries
+
+
+def fill_model_combo(combo: Any, entries: list[ModelEntry], keep: str | None = None) -> None:
+    """Refill a model combo box (label shown; the file as data and tooltip), keeping ``keep`` selected."""
+    from qgis.PyQt.QtCore import Qt
+
+    combo.clear()
+    for entry in entries:
+        combo.addItem(entry.label, entry.path)
+        combo.setItemData(combo.count() - 1, entry.path, Qt.ToolTipRole)
+    if keep:
+        select_model_path(combo, keep)
+
+
+def select_model_path(combo: Any, path: str) -> bool:
+    """Select the entry whose file is ``path``; False when the combo does not list it."""
+    index = combo.findData(path)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+    return index >= 0
+
+
+def current_model(combo: Any, entries: list[ModelEntry]) -> ModelEntry | None:
+    """The entry selected in ``combo``, if any."""
+    path = combo.currentData()
+    return next((m for m in entries if m.path == path), None)

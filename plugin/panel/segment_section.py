@@ -14,7 +14,7 @@ from ..client import ApiClient
 from ..layers import ClassInfo, LayerError, add_polygon_layer, add_result_layers
 from .common import NOT_CONNECTED, JobSection, extent_box, extent_params, follow_raster
 from .finetune_section import safe_name
-from .models import SEGMENTATION, ModelEntry, parse_models
+from .models import SEGMENTATION, ModelEntry, current_model, fill_model_combo, parse_models, select_model_path
 
 
 class SegmentSection(JobSection):
@@ -100,14 +100,10 @@ class SegmentSection(JobSection):
         return [m for m in self._models if m.kind == SEGMENTATION]
 
     def selected_model(self) -> ModelEntry | None:
-        path = self.model.currentData()
-        return next((m for m in self._models if m.path == path), None)
+        return current_model(self.model, self._models)
 
     def select_model(self, path: str) -> bool:
-        index = self.model.findData(path)
-        if index >= 0:
-            self.model.setCurrentIndex(index)
-        return index >= 0
+        return select_model_path(self.model, path)
 
     # -- request ----------------------------------------------------------------------------------
 
@@ -191,10 +187,5 @@ class SegmentSection(JobSection):
     def _on_models(self, data: Any) -> None:
         current = self.model.currentData()
         self._models = parse_models(data)
-        self.model.clear()
-        for entry in self.models():
-            self.model.addItem(entry.label, entry.path)
-            self.model.setItemData(self.model.count() - 1, entry.path, 3)  # tooltip: the file
-        if current:
-            self.select_model(current)
+        fill_model_combo(self.model, self.models(), keep=current)
         self.update_state()

@@ -26,7 +26,6 @@ from qgis.core import (
     QgsVectorLayerSimpleLabeling,
 )
 from qgis.gui import QgsMapCanvas, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -44,7 +43,7 @@ from ..client import ApiClient
 from ..layers import LayerError, result_group
 from .common import NOT_CONNECTED, JobSection, class_field_combo, model_output, polygon_combo
 from .finetune_section import safe_name
-from .models import SEGMENTATION, ModelEntry, parse_models
+from .models import SEGMENTATION, ModelEntry, current_model, fill_model_combo, parse_models, select_model_path
 
 LAYER_NAME = "label here next"  # the GeoPackage layer the backend writes
 OUTLINE = "#ff2d95"  # a colour no land-cover style uses: the squares stand out on any map
@@ -175,14 +174,10 @@ class SuggestSection(JobSection):
             self.client.get("models", on_ok=self._on_models, on_error=lambda _e: None)
 
     def selected_model(self) -> ModelEntry | None:
-        path = self.model.currentData()
-        return next((m for m in self._models if m.path == path), None)
+        return current_model(self.model, self._models)
 
     def select_model(self, path: str) -> bool:
-        index = self.model.findData(path)
-        if index >= 0:
-            self.model.setCurrentIndex(index)
-        return index >= 0
+        return select_model_path(self.model, path)
 
     # -- suggest ----------------------------------------------------------------------------------
 
@@ -326,10 +321,7 @@ class SuggestSection(JobSection):
     def _on_models(self, data: Any) -> None:
         current = self.model.currentData()
         self._models = [m for m in parse_models(data) if m.kind == SEGMENTATION]
-        self.model.clear()
-        for entry in self._models:
-            self.model.addItem(entry.label, entry.path)
-            self.model.setItemData(self.model.count() - 1, entry.path, Qt.ToolTipRole)
+        fill_model_combo(self.model, self._models)
         if self._select_next and self.select_model(self._select_next):
             self._select_next = None
         elif current:
