@@ -78,8 +78,8 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
-# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget:
-# pretraining ≈ 1 h; the whole run not yet timed) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
+# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget: 76 min measured on 2 cores,
+# 25 of them pretraining) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
 # bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
 ifeq ($(BENCH),gpu)
@@ -90,15 +90,15 @@ FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-b
 SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
 else ifeq ($(BENCH),full)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
-PRETRAIN_ARGS := --steps 20 --workers 1
+PRETRAIN_ARGS := --steps 10 --workers 1
 FEWLABEL_ARGS := --images 12 --seeds 0 1 2 --steps 150 --pretrain-steps 400
 FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 200
 SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
-PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 8192
-PRETRAIN_ARGS := --steps 10 --workers 1
-FEWLABEL_ARGS := --images 6 --seeds 0 1 2 --steps 60 --pretrain-steps 60
-FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 60 --pretrain-steps 60
+PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 4096
+PRETRAIN_ARGS := --steps 5 --workers 1
+FEWLABEL_ARGS := --images 4 --seeds 0 1 2 --steps 40 --pretrain-steps 40
+FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 40 --pretrain-steps 40
 SUGGEST_ARGS := --images 2 --seeds 0 1 2 --k 4 --steps 40 --round-steps 20
 endif
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
 
@@ -28,7 +29,7 @@ SUPPORTED_KINDS = ("u", "i", "f")  # unsigned, signed integer, float; complex is
 # GDAL's block cache defaults to 5% of RAM and keeps every block read or written until it is full:
 # over a 16k² raster that alone is ~1 GB more RSS on a 24 GB machine. Windows are read once, in
 # order, so a small cache loses nothing. Read by GDAL on first use; a user's own setting wins.
-GDAL_CACHE_MB = 128
+GDAL_CACHE_MB = 64
 os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
 
 
@@ -125,14 +126,21 @@ def read_window(src: rasterio.io.DatasetReader, window: Window) -> tuple[np.ndar
     callers can take fixed-size windows at the edges without special cases. A pixel is valid only
     if every band is valid (nodata, GDAL masks and non-finite values all count as invalid).
     """
-    data = src.read(window=window, boundless=True, masked=False, fill_value=0).astype(np.float32, copy=False)
-    masks = src.read_masks(window=window, boundless=True)
-    valid = masks.min(axis=0) > 0
+    # rasterio serves boundless reads through a VRT, about 3× slower than a plain read (a third of
+    # predict's overhead on a 4k² raster), so only windows that pass an edge take that path.
+    inside = (window.col_off >= 0 and window.row_off >= 0 and window.col_off + window.width <= src.width
+              and window.row_off + window.height <= src.height)
+    data = src.read(window=window, boundless=not inside, masked=False, fill_value=0).astype(np.float32, copy=False)
+    if inside and all(MaskFlags.all_valid in flags for flags in src.mask_flag_enums):
+        valid = np.ones(data.shape[1:], bool)  # no nodata, no mask band: nothing to read
+    else:
+        valid = src.read_masks(window=window, boundless=not inside).min(axis=0) > 0
     if src.nodata is not None and not np.isnan(src.nodata):
         valid &= ~np.all(data == np.float32(src.nodata), axis=0)
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
-    data[:, ~valid] = 0.0
+    if not valid.all():
+        data[:, ~valid] = 0.0
     return data, valid
 
 

@@ -152,8 +152,9 @@ def predict_stripes(
             probs = predict(tiles)
             if acc is None:
                 acc = np.zeros((probs.shape[1], tile, ext_w), np.float32)
+            probs *= weight  # in place: no (K, t, t) temporary per tile
             for x, p in zip(group, probs, strict=True):
-                acc[:, :, x - ex0:x - ex0 + tile] += p * weight
+                acc[:, :, x - ex0:x - ex0 + tile] += p
             done += len(group)
             if on_tiles:
                 on_tiles(done, total)
@@ -168,13 +169,16 @@ def predict_stripes(
             continue
         next_y = ys[i + 1] if i + 1 < len(ys) else height
         d = next_y - y  # rows [y, next_y) are final
-        prob = acc[:, :d, sx0 - ex0:sx1 - ex0] / wsum[None, :d, sx0 - ex0:sx1 - ex0]
-        classes = prob.argmax(axis=0).astype(np.int16)
-        conf = prob.max(axis=0).astype(np.float32)
+        # The summed weights are the same for every class of a pixel, so the argmax needs no division
+        # and only the winning class is divided (K× fewer divisions than normalising every class).
+        part, w = acc[:, :d, sx0 - ex0:sx1 - ex0], wsum[:d, sx0 - ex0:sx1 - ex0]
+        classes = part.argmax(axis=0).astype(np.int16)
+        conf = part.max(axis=0) / w
+        prob = part / w[None] if probabilities else None
         ok = valid[:d, sx0 - ex0:sx1 - ex0]
         classes[~ok] = -1
         conf[~ok] = np.nan
-        yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf, prob if probabilities else None)
+        yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf, prob)
         acc[:, : tile - d] = acc[:, d:].copy()
         acc[:, tile - d:] = 0.0
         wsum[: tile - d] = wsum[d:].copy()

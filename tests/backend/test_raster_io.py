@@ -62,6 +62,25 @@ def test_read_window_nodata_and_boundless(tmp_path):
     assert (x[:, ~valid] == 0).all()
 
 
+def test_read_window_inside_matches_the_raster_with_and_without_nodata(tmp_path):
+    """Windows inside the raster take the plain (non-VRT) read, and rasters without nodata skip the
+    mask read: values and validity must be exactly what the raster holds either way."""
+    data = np.arange(2 * 12 * 12, dtype="int16").reshape(2, 12, 12)
+    plain = write_raster(tmp_path / "plain.tif", data)
+    data_nd = data.copy()
+    data_nd[:, 5, 6] = -9999
+    with_nd = write_raster(tmp_path / "nd.tif", data_nd, nodata=-9999)
+    with open_raster(plain) as src:
+        x, valid = read_window(src, Window(3, 4, 6, 5))
+        edge_x, edge_valid = read_window(src, Window(8, 8, 6, 6))  # passes the right and bottom edges
+    assert valid.all() and (x == data[:, 4:9, 3:9]).all()
+    assert edge_valid[:4, :4].all() and not edge_valid[4:].any() and not edge_valid[:, 4:].any()
+    assert (edge_x[:, :4, :4] == data[:, 8:, 8:]).all()
+    with open_raster(with_nd) as src:
+        x, valid = read_window(src, Window(3, 4, 6, 5))
+    assert valid.sum() == 29 and not valid[1, 3] and x[0, 1, 3] == 0
+
+
 def test_float_nan_is_invalid(tmp_path):
     data = np.ones((1, 4, 4), "float32")
     data[0, 2, 2] = np.nan

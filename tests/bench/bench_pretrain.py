@@ -112,33 +112,45 @@ def bench(method: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
         if saved["sample_regions"] is not None:
             module.sample_regions = saved["sample_regions"]
     keep = slice(args.warmup, None)
-    step = [r["step_s"] for r in log][keep]
-    wait = [r["data_wait_s"] for r in log][keep]
-    augs = [a for a, _ in per_step][keep]
-    regs = [r for _, r in per_step][keep]
+    return {"method": row, "device": str(device), "final_loss": log[-1]["loss"],
+            "step": [r["step_s"] for r in log][keep], "wait": [r["data_wait_s"] for r in log][keep],
+            "augment": [a for a, _ in per_step][keep], "regions": [r for _, r in per_step][keep]}
+
+
+def pool(runs: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    """One row from a method's runs in every round: the timed steps of all rounds together."""
+    step, wait, augs, regs = ([x for r in runs for x in r[k]] for k in ("step", "wait", "augment", "regions"))
     mean_step = statistics.mean(step)
     return {
-        "method": row,
+        "method": runs[0]["method"],
         "steps_timed": len(step),
         "step_s_mean": mean_step,
         "step_s_median": statistics.median(step),
-        "samples_per_s": args.batch / mean_step,
+        "round_medians": [statistics.median(r["step"]) for r in runs],
+        "samples_per_s": batch / mean_step,
         "data_wait_s": statistics.mean(wait),
         "augment_s": statistics.mean(augs),
         "regions_s": statistics.mean(regs),
         "data_share": statistics.mean(wait) / mean_step,
         "augment_share": statistics.mean(augs) / mean_step,
         "regions_share": statistics.mean(regs) / mean_step,
-        "final_loss": log[-1]["loss"],
-        "device": str(device),
+        "final_loss": runs[-1]["final_loss"],
+        "device": runs[0]["device"],
     }
+
+
+def vs_baseline(row: dict[str, Any], base: dict[str, Any]) -> float:
+    """Median over rounds of the within-round ratio of median step times: methods run one after
+    another, so a round's ratio compares neighbours in time, and a disturbance that hits one
+    method in one round moves one ratio, not the result."""
+    return statistics.median(m / b for m, b in zip(row["round_medians"], base["round_medians"], strict=True))
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cfg = meta["config"]
     head = (f"Pretraining step time, {cfg['encoder']} DeepLabV3+, batch {cfg['batch']}, tile {cfg['tile']} "
-            f"(views {cfg['tile'] * 7 // 8 // 16 * 16}), workers {cfg['workers']}, {cfg['steps']} steps after "
-            f"{cfg['warmup']} warm-up, on {meta['machine']['cpu']}"
+            f"(views {cfg['tile'] * 7 // 8 // 16 * 16}), workers {cfg['workers']}, {cfg.get('rounds', 1)} rounds of "
+            f"every method in turn, {cfg['steps']} steps after {cfg['warmup']} warm-up each, on {meta['machine']['cpu']}"
             f"{' / ' + meta['machine']['gpu'] if 'gpu' in meta['machine'] else ''} ({meta['date']}).\n\n")
     lines = ["| method | step (s, mean) | step (s, median) | samples/s | data wait (s) | data share | "
              "augment (s) | augment share | regions (s) | regions share |",
@@ -190,7 +202,8 @@ def main() -> int:
     p.add_argument("--encoder", default="resnet18")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tile", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per method")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per method and round")
+    p.add_argument("--rounds", type=int, default=3, help="every method runs once per round, in turn")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -201,20 +214,22 @@ def main() -> int:
         print(f"raster not found: {args.raster}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench(m, args, Path(tmp)) for m in args.methods]
+        rounds = [[bench(m, args, Path(tmp)) for m in args.methods] for _ in range(args.rounds)]
+    rows = [pool([r[i] for r in rounds], args.batch) for i in range(len(args.methods))]
     import rasterio
 
     with rasterio.open(next(Path(args.raster[0]).glob("*.tif")) if Path(args.raster[0]).is_dir()
                        else args.raster[0]) as src:
         floor = decoder_floor(args, src.count)
-    base = next((r["step_s_median"] for r in rows if r["method"] == "simclr"), None)
+    base = next((r for r in rows if r["method"] == "simclr"), None)
     for r in rows:
-        r["vs_simclr"] = r["step_s_median"] / base if base else None
+        r["vs_simclr"] = vs_baseline(r, base) if base else None
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "versions": versions(), "rasters": args.raster,
-            "config": {k: getattr(args, k) for k in ("encoder", "batch", "tile", "steps", "warmup", "workers")}}
+            "config": {k: getattr(args, k) for k in ("encoder", "batch", "tile", "steps", "warmup", "workers",
+                                                      "rounds")}}
     table = markdown(rows, meta)
-    table += ("\nStep time against SimCLR's (medians; GLCNet goal ≤ 1.25×): "
+    table += ("\nStep time against SimCLR's (median over rounds of the ratio of median steps; GLCNet goal ≤ 1.25×): "
               + ", ".join(f"{r['method']} {r['vs_simclr']:.2f}×" for r in rows if r["vs_simclr"]) + ".\n\n"
               f"Floor for a method that trains the decoder: encoder + ASPP + decoder forward/backward is "
               f"{floor['ratio']:.2f}× the encoder's alone on the same two-view batch "

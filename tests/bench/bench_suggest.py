@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -251,6 +252,8 @@ def main() -> None:
               f"{', '.join(f'{g:+.2f}' for g in summary['gain_after_last_round']['per_seed'])}); the goal is ≥ +3."]
     (args.out / "suggest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.work is None:  # about 1 GB of models and maps per run; --work keeps them
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

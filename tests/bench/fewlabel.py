@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,8 @@ def main() -> None:
         lines += ["", "Paired by seed (same polygons): " + " ".join(deltas)]
     (args.out / "fewlabel.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.work is None:  # about 1 GB of models and maps per run; --work keeps them
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,8 @@ def main() -> None:
                      f"{r['miou']['mean']} ± {r['miou']['std']} | {r['seeds']} | {r['train_seconds']} |")
     (args.out / "fewlabel_s2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.work is None:  # about 1 GB of models and maps per run; --work keeps them
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
