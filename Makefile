@@ -78,7 +78,7 @@ demo: demo-data
 	$(GEOSSL) evaluate --prediction $(DEMO_OUT)/classes.tif --labels $(DEMO_DATA)/labels_test.gpkg \
 	  --class-field fclass --out $(DEMO_OUT)/metrics.json
 
-# BENCH=quick (default, ~40 min on 2 CPU cores), full (the CPU budget: 76 min measured on 2 cores,
+# BENCH=quick (default, 18 min measured on 2 CPU cores), full (the CPU budget: 76 min measured on 2 cores,
 # 25 of them pretraining) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
 # bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
