@@ -112,7 +112,7 @@ bench: backend
 	$(BACKEND_PY) tests/bench/update_readme.py
 
 # Reliability run (not part of test or bench): ≥ 1000 fuzz cases against a real service, 50 clients
-# on a running job, a 40k² sparse COG predicted whole (≈ 7 min; FUZZ_ARGS=--no-huge-full skips it).
+# on a running job, a 40k² sparse COG predicted whole (2–7 min; FUZZ_ARGS=--no-huge-full skips it).
 fuzz: backend
 	$(BACKEND_PY) tests/bench/fuzz.py --out bench/results $(FUZZ_ARGS)
 

@@ -149,7 +149,7 @@ def vs_baseline(row: dict[str, Any], base: dict[str, Any]) -> float:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cfg = meta["config"]
     head = (f"Pretraining step time, {cfg['encoder']} DeepLabV3+, batch {cfg['batch']}, tile {cfg['tile']} "
-            f"(views {cfg['tile'] * 7 // 8 // 16 * 16}), workers {cfg['workers']}, {cfg.get('rounds', 1)} rounds of "
+            f"(views {cfg['tile'] * 7 // 8 // 16 * 16}), workers {cfg['workers']}, {cfg['rounds']} rounds of "
             f"every method in turn, {cfg['steps']} steps after {cfg['warmup']} warm-up each, on {meta['machine']['cpu']}"
             f"{' / ' + meta['machine']['gpu'] if 'gpu' in meta['machine'] else ''} ({meta['date']}).\n\n")
     lines = ["| method | step (s, mean) | step (s, median) | samples/s | data wait (s) | data share | "

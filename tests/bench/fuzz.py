@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--load-size", type=int, default=256, help="raster side of the job watched under load")
     ap.add_argument("--extents", type=int, nargs="*", default=[1024, 4096], help="predicted extents of the 40k²")
     ap.add_argument("--no-huge-full", dest="huge_full", action="store_false",
-                    help="skip predicting the whole 40k² raster (≈ 7 min on 2 CPU cores)")
+                    help="skip predicting the whole 40k² raster (2–7 min on 2 CPU cores)")
     args = ap.parse_args()
     import schemathesis
 
