@@ -53,6 +53,20 @@ def geometric_augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) ->
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+def photometric_augment(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Per-band gain and offset plus pixel noise on standardised data (units of the band's std).
+
+    Imagery of another date, sun angle or sensor shifts each band's level and contrast; a model
+    that has seen such shifts maps unseen polygons by their pattern, not by the exact values of the
+    few it was shown. Nothing is clipped (standardised values have no fixed range).
+    """
+    c = x.shape[0]
+    gain = 1.0 + strength * rng.standard_normal((c, 1, 1)).astype(np.float32)
+    offset = strength * rng.standard_normal((c, 1, 1)).astype(np.float32)
+    noise = (0.5 * strength) * rng.standard_normal(x.shape).astype(np.float32)
+    return x * gain + offset + noise
+
+
 class LabelledTiles(Dataset):
     """Random labelled-biased windows with their labels, normalised and augmented."""
 
@@ -64,10 +78,13 @@ class LabelledTiles(Dataset):
         length: int,
         seed: int,
         augment: bool = True,
+        balance: float = 1.0,
+        photometric: float = 0.0,
     ) -> None:
         self.polys = list(polys)
         self.readers = _RasterReaders([p.raster for p in self.polys])
-        self.sampler = LabelledWindowSampler(self.polys, tile)
+        self.sampler = LabelledWindowSampler(self.polys, tile, balance)
+        self.photometric = photometric
         self.stats = stats
         self.length = length
         self.seed = seed
@@ -86,6 +103,8 @@ class LabelledTiles(Dataset):
                 break
         if self.augment:
             x, y = geometric_augment(x, y, rng)
+            if self.photometric > 0:
+                x = photometric_augment(x, rng, self.photometric)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
 

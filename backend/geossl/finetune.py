@@ -79,6 +79,21 @@ def load_pretrained(model: nn.Module, ckpt: dict, encoder: str, in_channels: int
     return sorted(state)
 
 
+def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers.
+
+    With a few hundred polygons the last weights swing with the last batches; their average over
+    the final part of the schedule maps unseen ground more steadily. The decay ramps up as
+    (1 + n) / (10 + n) so the average is not dominated by the random initial weights.
+    """
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged + (current - averaged) * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg, use_buffers=True)
+
+
 def recalibrate_batchnorm(model: nn.Module, dataset: LabelledTiles, batch: int, n_batches: int,
                           device: torch.device, amp: bool) -> None:
     """Recompute BatchNorm population statistics for the current weights.
@@ -149,7 +164,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     total = params.total_steps
     spe = min(params.steps_per_epoch, total)
     epochs = math.ceil(total / spe)
-    train_ds = LabelledTiles(train_polys, stats, params.tile, spe * params.batch, params.seed)
+    train_ds = LabelledTiles(train_polys, stats, params.tile, spe * params.batch, params.seed,
+                             balance=params.class_balance, photometric=params.photometric)
     loader_kw = {"num_workers": params.workers, "pin_memory": device.type == "cuda"}
     val_loader = None
     if n_val:
@@ -160,13 +176,17 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, max(1, total // 20)))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and params.amp
                                   and not torch.cuda.is_bf16_supported())
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=params.label_smoothing)
+    ema = weight_average(model, params.ema) if params.ema > 0 else None
     clock = Clock()
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"kappa": -math.inf, "state": None, "epoch": 0, "metrics": None}
     step, start_epoch = 0, 0
     spath = state_path(out)
     trainer = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
+    if ema is not None:
+        trainer["ema"] = ema
+    final = ema.module if ema is not None else model  # the weights validated and saved
     if params.resume and spath.exists():
         saved = _load_state(spath, params)
         live = unpack(saved["resume"], saved["state_dict"])
@@ -201,13 +221,15 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             losses.append(loss.item())
             progress(clock.event("fine-tune", step, total, loss=losses[-1], metrics={"epoch": epoch + 1}))
-        recalibrate_batchnorm(model, train_ds, params.batch, min(spe, 16), device, params.amp)
+        recalibrate_batchnorm(final, train_ds, params.batch, min(spe, 16), device, params.amp)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [np.nan]))}
         if val_loader is not None:
-            m = scores(validate(model, val_loader, len(table), device, params.amp), table.names)
+            m = scores(validate(final, val_loader, len(table), device, params.amp), table.names)
             record.update(val_kappa=m["kappa"], val_oa=m["overall_accuracy"], val_miou=m["miou"])
             improved = m["kappa"] > best["kappa"]
         else:
@@ -218,7 +240,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
                              message=_epoch_line(record)))
         if improved:
             best.update(kappa=m["kappa"] if m else best["kappa"], epoch=epoch + 1, metrics=m,
-                        state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+                        state=copy.deepcopy({k: v.detach().cpu() for k, v in final.state_dict().items()}))
         elif epoch + 1 - best["epoch"] >= params.patience:
             progress(clock.event("fine-tune", step, total,
                                  message=f"Early stop: no validation gain for {params.patience} epochs."))

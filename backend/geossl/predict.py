@@ -53,17 +53,34 @@ def check_model_bands(ckpt: dict, info: RasterInfo, action: str) -> None:
         )
 
 
-def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool):
-    """(B, C, t, t) normalised numpy → (B, K, t, t) softmax probabilities (float32 numpy)."""
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]  # the 8 flips/rotations of a square
+
+
+def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool, tta: bool = False):
+    """(B, C, t, t) normalised numpy → (B, K, t, t) softmax probabilities (float32 numpy).
+
+    ``tta``: the mean of the probabilities over the 8 flips/rotations of each tile (each mapped
+    back), 8× the compute: imagery seen from above has no "up".
+    """
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return torch.softmax(model(x).float(), dim=1)
 
     @torch.inference_mode()
     def predict(tiles: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(tiles).to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if not tta:
+            return forward(x).cpu().numpy()
+        total = None
+        for k, flip in DIHEDRAL:
+            v = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+            p = torch.rot90(forward(v), -k, dims=(-2, -1))
+            p = p.flip(-1) if flip else p
+            total = p if total is None else total.add_(p)
+        return total.div_(len(DIHEDRAL)).cpu().numpy()
 
     return predict
 
@@ -118,7 +135,7 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
                 conf_dst.write(conf[None], window=window)
 
         buffer = RowBuffer(write)
-        predictor = torch_predictor(model, device, params.amp)
+        predictor = torch_predictor(model, device, params.amp, params.tta)
         for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles,
                                      window=window):
             buffer.add(block)

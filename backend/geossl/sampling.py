@@ -52,21 +52,26 @@ def _point_in(geom: shapely.Geometry, rng: np.random.Generator, tries: int = 64)
 class LabelledWindowSampler:
     """Windows biased to contain labelled pixels, balanced across classes.
 
-    A class is drawn uniformly (rare classes are seen as often as common ones, the survey's remedy
-    for imbalance), then one of its polygons in proportion to its labelled pixels, then a random
+    A class is drawn with probability ∝ (its labelled pixels)^(1 − ``balance``): ``balance`` 1 draws
+    every class equally often (rare classes are seen as often as common ones), 0 in proportion to
+    the labelled area. Then one of its polygons in proportion to its labelled pixels, then a random
     point in it that the window must contain.
     """
 
-    def __init__(self, polys: Sequence[LabelPolygons], tile: int) -> None:
+    def __init__(self, polys: Sequence[LabelPolygons], tile: int, balance: float = 1.0) -> None:
         self.polys = list(polys)
         self.tile = tile
         self.entries = [(r, i) for r, p in enumerate(self.polys) for i in range(len(p.geoms))]
         self.classes = np.array([self.polys[r].class_index[i] for r, i in self.entries])
         self.weights = np.array([self.polys[r].pixel_count[i] for r, i in self.entries], float)
         self.present = np.unique(self.classes)
+        area = np.array([self.weights[self.classes == c].sum() for c in self.present])
+        p = area ** (1.0 - balance)
+        self.class_p = p / p.sum()
+        self.balance = balance
 
     def sample(self, rng: np.random.Generator) -> WindowRef:
-        c = rng.choice(self.present)
+        c = rng.choice(self.present) if self.balance == 1.0 else rng.choice(self.present, p=self.class_p)
         members = np.flatnonzero(self.classes == c)
         w = self.weights[members]
         r, i = self.entries[int(rng.choice(members, p=w / w.sum()))]

@@ -46,6 +46,13 @@ class FinetuneParams(_Params):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of polygons per class held out")
+    class_balance: float = Field(1.0, ge=0, le=1, description="Window sampling: 1 draws every class equally "
+                                 "often, 0 in proportion to its labelled area")
+    photometric: float = Field(0.0, ge=0, le=1, description="Per-band gain/offset/noise augmentation "
+                               "(in band standard deviations; 0: flips and rotations only)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema: float = Field(0.0, ge=0, lt=1, description="Decay of the moving average of the weights that is "
+                       "validated and saved (0: the raw weights)")
     patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
     seed: int = 0
     workers: int = Field(0, ge=0, le=64)
@@ -99,6 +106,7 @@ class PredictParams(_Extent):
     batch: int = Field(8, ge=1, le=1024)
     device: Device = "auto"
     amp: bool = True
+    tta: bool = Field(False, description="Average over the 8 flips/rotations of every tile (8× the compute)")
     vector: str | None = Field(None, description="Also write the classes as polygons (GeoPackage, .gpkg)")
     min_area: float | None = Field(None, gt=0, description="Vector: merge regions smaller than this area "
                                    "(map units², e.g. m²) into their neighbours first")
