@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from .budget import StepPlan, measure_seconds, steps_for
 from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .classes import IGNORE_INDEX, ClassTable
 from .datasets import LabelledTiles, WindowTiles
@@ -33,6 +34,7 @@ from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import BandStats, check_output_path, check_training_rasters, compute_band_stats, pixel_size_m
 from .sampling import validation_windows
 from .schemas import FinetuneParams
+from .selftrain import MixedTiles, PseudoLabelledTiles
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +79,17 @@ def load_pretrained(model: nn.Module, ckpt: dict, encoder: str, in_channels: int
         )
     model.load_state_dict(state, strict=False)
     return sorted(state)
+
+
+def mixed_loss(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, pseudo: torch.Tensor,
+               weight: float) -> torch.Tensor:
+    """Loss on the labelled windows plus ``weight`` × the loss on the pseudo-labelled ones (each a
+    mean over its own pixels, so the share of pseudo windows does not dilute the real labels)."""
+    total = logits.new_zeros(())
+    for part, w in ((~pseudo, 1.0), (pseudo, weight)):
+        if part.any() and (y[part] != IGNORE_INDEX).any():
+            total = total + w * loss_fn(logits[part], y[part])
+    return total
 
 
 def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -126,6 +139,54 @@ def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     return cm
 
 
+def plan_steps(params: FinetuneParams, model: nn.Module, train_ds: LabelledTiles, n_val: int,
+               device: torch.device, spent_s: float) -> StepPlan:
+    """Steps that fit in ``params.minutes``, from a few measured steps on real windows.
+
+    Measured on a copy of the model with its own optimiser and under a forked RNG, so the run that
+    follows is exactly the one ``--steps N`` gives. Per epoch it adds BatchNorm re-estimation,
+    validation and (self-training) labelling the coming epoch's windows; once, what the run has
+    spent so far (band statistics, polygons).
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(probe.parameters(), lr=params.lr)
+        items = [train_ds[i] for i in range(params.batch)]
+        t = time.perf_counter()
+        items = [train_ds[i] for i in range(params.batch)]
+        data_s = time.perf_counter() - t
+        x = torch.stack([a for a, _ in items]).to(device)
+        y = torch.stack([b for _, b in items]).to(device)
+        loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+        def train_step() -> None:
+            with autocast(device, params.amp):
+                loss = loss_fn(probe(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        @torch.no_grad()
+        def eval_batch() -> None:
+            with autocast(device, params.amp):
+                probe(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        step_s = measure_seconds(train_step) + data_s
+        probe.eval()
+        fwd_s = measure_seconds(eval_batch)
+        del probe, opt
+    spe = params.steps_per_epoch
+    per_epoch = fwd_s * (min(spe, 16) + math.ceil(n_val / params.batch)
+                         + round(params.self_training * params.batch) * spe / params.batch)
+    n = steps_for(params.minutes * 60, step_s, every=spe, every_seconds=per_epoch, fixed_seconds=spent_s + 2.0,
+                  minimum=min(spe, 10), maximum=params.max_steps)
+    return StepPlan(n, round(step_s, 4), params.minutes * 60)
+
+
 def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progress) -> dict[str, Any]:
     """Fine-tune and write the model file; returns a summary (paths, metrics, history, warnings)."""
     t0 = time.monotonic()
@@ -161,9 +222,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     if warm is not None:
         model.load_state_dict(warm["state_dict"])  # every weight, head included: training continues
     model = prepare(model, device)
-    total = params.total_steps
-    spe = min(params.steps_per_epoch, total)
-    epochs = math.ceil(total / spe)
+    spe = params.steps_per_epoch if params.total_steps is None else min(params.steps_per_epoch, params.total_steps)
     train_ds = LabelledTiles(train_polys, stats, params.tile, spe * params.batch, params.seed,
                              balance=params.class_balance, photometric=params.photometric)
     loader_kw = {"num_workers": params.workers, "pin_memory": device.type == "cuda"}
@@ -171,6 +230,17 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     if n_val:
         val_ds = WindowTiles(val_polys, stats, validation_windows(val_polys, params.tile, params.seed))
         val_loader = DataLoader(val_ds, batch_size=params.batch, **loader_kw)
+    resumed = _load_state(state_path(out), params) if params.resume and state_path(out).exists() else None
+    if resumed is not None:
+        plan = StepPlan(**resumed["plan"])
+    elif params.minutes is not None:
+        progress(Clock().event("fine-tune", 0, 0, message=f"Measuring steps for a {params.minutes:g}-minute budget…"))
+        plan = plan_steps(params, model, train_ds, n_val, device, time.monotonic() - t0)
+    else:
+        plan = StepPlan(params.total_steps)
+    total = plan.steps
+    spe = min(spe, total)
+    epochs = math.ceil(total / spe)
 
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, max(1, total // 20)))
@@ -187,8 +257,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     if ema is not None:
         trainer["ema"] = ema
     final = ema.module if ema is not None else model  # the weights validated and saved
-    if params.resume and spath.exists():
-        saved = _load_state(spath, params)
+    if resumed is not None:
+        saved = resumed
         live = unpack(saved["resume"], saved["state_dict"])
         for name, obj in trainer.items():
             if live[name]:
@@ -201,11 +271,18 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     elif params.resume:
         progress(clock.event("fine-tune", 0, total, message=f"warning: no resume state {spath.name}; starting afresh."))
     model.train()
+    n_pseudo = round(params.self_training * params.batch)
+    pool = PseudoLabelledTiles(train_polys, stats, params.tile, spe * n_pseudo, params.seed,
+                               params.pseudo_threshold, max(params.photometric, 0.2)) if n_pseudo else None
     for epoch in range(start_epoch, epochs):
         train_ds.epoch = epoch
-        loader = DataLoader(train_ds, batch_size=params.batch, shuffle=False, drop_last=True, **loader_kw)
+        data: Dataset = train_ds
+        if pool is not None and step >= params.self_training_start * total:
+            pool.refresh(final, device, params.amp, params.batch, epoch)
+            data = MixedTiles(train_ds, pool, params.batch, n_pseudo)
+        loader = DataLoader(data, batch_size=params.batch, shuffle=False, drop_last=True, **loader_kw)
         losses = []
-        for x, y in loader:
+        for x, y, *flag in loader:
             if step >= total:
                 break
             if not (y != IGNORE_INDEX).any():
@@ -215,7 +292,11 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(device, params.amp):
-                loss = loss_fn(model(x), y)
+                logits = model(x)
+                if flag:
+                    loss = mixed_loss(loss_fn, logits, y, flag[0].to(device), params.pseudo_weight)
+                else:
+                    loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -228,6 +309,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
             progress(clock.event("fine-tune", step, total, loss=losses[-1], metrics={"epoch": epoch + 1}))
         recalibrate_batchnorm(final, train_ds, params.batch, min(spe, 16), device, params.amp)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [np.nan]))}
+        if data is not train_ds:
+            record["pseudo_coverage"] = round(pool.coverage, 4)
         if val_loader is not None:
             m = scores(validate(final, val_loader, len(table), device, params.amp), table.names)
             record.update(val_kappa=m["kappa"], val_oa=m["overall_accuracy"], val_miou=m["miou"])
@@ -247,9 +330,9 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
             break
         if step >= total:
             break
-        _save_state(spath, trainer, best, params, epoch + 1, step, history)
+        _save_state(spath, trainer, best, params, epoch + 1, step, history, plan)
 
-    config = params.model_dump()
+    config = params.model_dump() | {"plan": plan.to_dict()}
     save_checkpoint(
         out, "segmentation", best["state"],
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
@@ -266,6 +349,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         "model": str(out.resolve()),
         "classes": table.to_dict(),
         "steps": step,
+        "plan": plan.to_dict(),
         "epochs": len(history),
         "best_epoch": best["epoch"],
         "validation": best["metrics"],
@@ -309,11 +393,11 @@ _MAY_DIFFER_ON_RESUME = {"resume", "workers", "device"}
 
 
 def _save_state(path: Path, trainer: dict[str, Any], best: dict[str, Any], params: FinetuneParams, epoch: int,
-                step: int, history: list[dict[str, Any]]) -> None:
+                step: int, history: list[dict[str, Any]], plan: StepPlan) -> None:
     """Everything needed to continue after ``epoch`` exactly: weights, optimizer, schedule, RNG, best so far."""
     tensors: dict[str, torch.Tensor] = {}
     live = {name: obj.state_dict() for name, obj in trainer.items()} | {"rng": rng_states(), "best": best["state"]}
-    save_checkpoint(path, "finetune-state", tensors, resume=pack(live, tensors),
+    save_checkpoint(path, "finetune-state", tensors, resume=pack(live, tensors), plan=plan.to_dict(),
                     params=json.loads(params.model_dump_json()), epoch=epoch, step=step, history=history,
                     best_kappa=best["kappa"], best_epoch=best["epoch"], best_metrics=best["metrics"])
 

@@ -40,6 +40,9 @@ class FinetuneParams(_Params):
                                    "weights, its classes, encoder and band statistics)")
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
+    minutes: float | None = Field(None, gt=0, le=10080, description="Wall-time budget: the steps that fit are "
+                                  "measured at the start and recorded in the model (instead of steps/epochs)")
+    max_steps: int | None = Field(None, ge=1, description="Upper bound on the steps a minutes budget plans")
     steps_per_epoch: int = Field(50, ge=1)
     tile: int = Field(256, ge=32, le=2048)
     batch: int = Field(8, ge=1, le=512)
@@ -53,6 +56,13 @@ class FinetuneParams(_Params):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     ema: float = Field(0.0, ge=0, lt=1, description="Decay of the moving average of the weights that is "
                        "validated and saved (0: the raw weights)")
+    self_training: float = Field(0.0, ge=0, le=0.75, description="Share of each batch filled with windows "
+                                 "the model labels itself (confident pixels only; 0: off)")
+    self_training_start: float = Field(0.3, ge=0, lt=1, description="Share of the steps trained on the "
+                                       "polygons alone before self-training starts")
+    pseudo_threshold: float = Field(0.9, gt=0, lt=1, description="Smallest probability that makes a "
+                                    "pseudo-label")
+    pseudo_weight: float = Field(1.0, gt=0, description="Weight of the pseudo-labelled windows' loss")
     patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
     seed: int = 0
     workers: int = Field(0, ge=0, le=64)
@@ -68,14 +78,19 @@ class FinetuneParams(_Params):
 
     @model_validator(mode="after")
     def _budget(self) -> FinetuneParams:
-        if self.epochs is None and self.steps is None:
+        if self.minutes is not None and (self.epochs is not None or self.steps is not None):
+            raise ValueError("give a budget in minutes or in steps/epochs, not both")
+        if self.epochs is None and self.steps is None and self.minutes is None:
             self.epochs = 20
         if self.init and self.init_model:
             raise ValueError("give either init (a pretrained encoder) or init_model (a fine-tuned model), not both")
         return self
 
     @property
-    def total_steps(self) -> int:
+    def total_steps(self) -> int | None:
+        """Steps of a steps/epochs budget; None for a minutes budget (planned when the run starts)."""
+        if self.minutes is not None:
+            return None
         return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
 
 

@@ -50,7 +50,9 @@ def run_s2(cfg: dict, seed: int, work: Path) -> dict:
         run_predict(PredictParams(model=str(model), raster=str(raster), out=str(pred),
                                   **cfg.get("predict", {})))
     r = run_evaluate(EvaluateParams(prediction=str(pred), labels=str(score), class_field="fclass"))
-    return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1)}
+    extra = {} if cfg.get("row") == "rf" else {"history": summary["history"], "best_epoch": summary["best_epoch"]}
+    return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1),
+            "f1": {c: v["f1"] for c, v in r["per_class"].items()}, **extra}
 
 
 def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
@@ -66,7 +68,7 @@ def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
                                             baselines.texture_features)
         secs = time.perf_counter() - t
     else:
-        model, secs, _ = finetune([s.image for s in scenes], gpkg, "class", work, seed, cfg)
+        model, secs, summary = finetune([s.image for s in scenes], gpkg, "class", work, seed, cfg)
         preds_paths = []
         for s in scenes:
             out = work / f"pred_{s.image.name}"
@@ -77,8 +79,9 @@ def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
         with rasterio.open(p) as src:
             preds.append(src.read(1))
     r = evaluate(scenes, used, preds)
+    extra = {} if cfg.get("row") == "rf" else {"history": summary["history"], "best_epoch": summary["best_epoch"]}
     return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1),
-            "f1": {c: r["per_class"][c]["f1"] for c in dubai.NAMES}}
+            "f1": {c: r["per_class"][c]["f1"] for c in dubai.NAMES}, **extra}
 
 
 def finetune(rasters, labels, field, work: Path, seed: int, cfg: dict):
