@@ -133,9 +133,10 @@ def adapt_first_conv(weight: torch.Tensor, bands: int) -> torch.Tensor:
     Same count: unchanged. One band: the file's channels summed (a grey image through RGB filters).
     Otherwise channel ``i`` gets the file's channel ``i % C_file`` (cyclic repeat) and everything is
     scaled by ``C_file / bands``: every band reuses a pretrained filter, and the filters' sum over
-    the bands — what a pixel whose bands are alike (standardised imagery) produces — keeps the
-    magnitude the BatchNorm after it was trained with. Band *meaning* is not matched: RGB filters
-    land on the raster's first bands in order.
+    the bands — the response to a pixel whose bands are alike, as standardised imagery roughly is —
+    stays at the magnitude the BatchNorm after it was trained with (exactly when ``bands`` is a
+    multiple of ``C_file``, on average otherwise). Band *meaning* is not matched: RGB filters land
+    on the raster's first bands in order.
     """
     file_bands = int(weight.shape[1])
     if bands == file_bands:
@@ -309,7 +310,7 @@ def imagenet_state(encoder: str) -> EncoderWeights:
         f"ImageNet weights for {encoder} are not in the local caches, and GeoSSL never downloads at run time "
         f"(looked for: {looked}).",
         f"on a machine with internet, download {url} and copy it to {path} (TORCH_HOME moves that folder); "
-        "or start from a weight file you have (--init FILE).",
+        "or start from a weight file you have (--init FILE; *Weight file…* in the panel).",
     )
 
 
