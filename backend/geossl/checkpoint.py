@@ -115,6 +115,11 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
             f"{str(exc).splitlines()[0][:200]}",
             "use a .pt file written by GeoSSL; re-run the training if the file was cut short.",
         ) from exc
+    return check_payload(payload, p, kind)
+
+
+def check_payload(payload: Any, p: Path, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``payload`` (what ``torch.load`` read from ``p``) as a GeoSSL checkpoint of ``kind``, or a clear error."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GeoSSLError(f"'{p.name}' is not a GeoSSL model file.", "use a .pt file written by GeoSSL.")
     if payload.get("format_version", 0) > FORMAT_VERSION:

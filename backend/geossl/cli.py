@@ -23,6 +23,10 @@ from .progress import JsonLinesReporter, TqdmReporter
 from .schemas import ENCODERS
 
 EXIT_USER_ERROR = 2
+WEIGHT_FILES = ("a torchvision/timm/torchgeo ResNet state dict (.pth/.pt/.ckpt/.safetensors, e.g. SSL4EO-S12 "
+                "weights; the first convolution is adapted to the raster's bands)")
+IMAGENET_HELP = ("start the encoder from ImageNet weights already in the local torch/Hugging Face cache "
+                 "(never downloaded; the error names the file to fetch)")
 
 
 def _colours(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -57,7 +61,8 @@ def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
 
     params = PretrainParams(
         rasters=args.raster, out=args.out, method=args.method, method_options=_method_options(args.method_option),
-        encoder=args.encoder, tile=args.tile, batch=args.batch, epochs=args.epochs, steps=args.steps,
+        encoder=args.encoder, init=args.init, encoder_weights=args.encoder_weights, tile=args.tile, batch=args.batch,
+        epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
         resume=args.resume, extent=args.extent, extent_crs=args.extent_crs, view_bands=args.view_bands,
@@ -73,7 +78,7 @@ def _finetune(args: argparse.Namespace, progress) -> dict[str, Any]:
     params = FinetuneParams(
         rasters=args.raster, labels=args.labels, class_field=args.class_field, layer=args.layer, out=args.out,
         **({"encoder": args.encoder} if args.encoder else {}), init=args.init, init_aspp=args.init_aspp,
-        init_model=args.init_model, epochs=args.epochs, steps=args.steps,
+        init_model=args.init_model, encoder_weights=args.encoder_weights, epochs=args.epochs, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, tile=args.tile, batch=args.batch, lr=args.lr,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
         device=args.device, amp=not args.no_amp, colours=_colours(args.colour), resume=args.resume,
@@ -216,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--method-option", action="append", metavar="KEY=VALUE",
                     help="method hyper-parameter, e.g. temperature=0.2 (repeatable)")
     pt.add_argument("--encoder", choices=ENCODERS, default="resnet18", help="backbone (default: resnet18)")
+    start = pt.add_mutually_exclusive_group()
+    start.add_argument("--init", metavar="FILE", help="continue from these encoder weights: a `geossl pretrain` or "
+                       "`geossl finetune` model's encoder, or " + WEIGHT_FILES)
+    start.add_argument("--encoder-weights", choices=["imagenet"], help=IMAGENET_HELP)
     budget = pt.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="epochs of --steps-per-epoch steps (default 20)")
     budget.add_argument("--steps", type=int, help="total training steps instead of epochs")
@@ -252,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, metavar="M.pt", help="model file to write")
     ft.add_argument("--encoder", choices=ENCODERS, help="backbone (default: resnet18, or --init-model's)")
     init = ft.add_mutually_exclusive_group()
-    init.add_argument("--init", metavar="PRETRAINED.pt", help="start from a `geossl pretrain` encoder")
+    init.add_argument("--init", metavar="FILE", help="start from a `geossl pretrain` checkpoint, or " + WEIGHT_FILES)
+    init.add_argument("--encoder-weights", choices=["imagenet"], help=IMAGENET_HELP)
     init.add_argument("--init-model", metavar="M.pt",
                       help="warm start: continue training a fine-tuned model (all weights; same classes), "
                            "e.g. after adding polygons where `geossl suggest` pointed")

@@ -35,6 +35,7 @@ from .raster_io import BandStats, check_output_path, check_training_rasters, com
 from .sampling import validation_windows
 from .schemas import FinetuneParams
 from .selftrain import MixedTiles, PseudoLabelledTiles
+from .weights import EncoderWeights, open_start
 
 
 def seed_everything(seed: int) -> None:
@@ -197,7 +198,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     warm = load_checkpoint(params.init_model, "segmentation") if params.init_model else None
     if warm is not None:
         params = warm_start_params(params, warm, in_channels)
-    pretrained = load_checkpoint(params.init, "pretrained") if params.init else None
+    start = open_start(params.init, params.encoder_weights, params.encoder)  # a `geossl pretrain` checkpoint,
+    pretrained = start if isinstance(start, dict) else None  # or outside weights (ImageNet, a state dict)
     if pretrained is not None and pretrained.get("band_stats"):  # none after band-view (RS-BYOL) pretraining
         stats = BandStats.from_dict(pretrained["band_stats"])
     elif warm is not None:
@@ -219,6 +221,9 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     device = pick_device(params.device)
     model = build_model(params.encoder, in_channels, len(table))
     loaded = load_pretrained(model, pretrained, params.encoder, in_channels, params.init_aspp) if pretrained else []
+    outside = start.load_into(model, params.encoder, params.init_aspp) if isinstance(start, EncoderWeights) else None
+    if outside is not None:
+        progress(Clock().event("init", 0, 0, message=outside["summary"]))
     if warm is not None:
         model.load_state_dict(warm["state_dict"])  # every weight, head included: training continues
     model = prepare(model, device)
@@ -338,8 +343,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
         classes=table.to_dict(), band_stats=stats.to_dict(), tile=params.tile, seed=params.seed,
         config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
-        init={"path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
-              "loaded": len(loaded)} if pretrained else None,
+        init={"source": "geossl", "path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
+              "loaded": len(loaded)} if pretrained else outside,
         warm_start={"path": str(Path(params.init_model).resolve()), "steps": warm.get("steps"),
                     "validation": warm.get("validation")} if warm is not None else None,
         rasters=[i.path for i in infos], steps=step, resolution_m=pixel_size_m(infos[0]),

@@ -1,7 +1,8 @@
 """Model factory: DeepLabV3+ (segmentation-models-pytorch) for any band count.
 
-Encoders start from random weights: ImageNet weights cannot be fetched at run time, and our own
-self-supervised pretraining (``--init``) is the honest way to start from something better.
+Models are built with random weights; nothing is fetched at run time. Starting points are loaded
+into the encoder afterwards: GeoSSL's own pretraining (:func:`geossl.finetune.load_pretrained`) or
+weights users have, ImageNet from the local caches or a ResNet state dict (:mod:`geossl.weights`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ the GLCNet paper. AMP and channels-last on CUDA.
 Files, next to ``--out``:
 
 * ``<out>``: the pretrained checkpoint (kind ``pretrained``) that ``finetune --init`` loads: the
-  DeepLabV3+ encoder + decoder weights, band statistics, method and options, tile, seed, config.
+  DeepLabV3+ encoder + decoder weights, band statistics, method and options, tile, seed, config,
+  and under ``init`` what the encoder started from (``--init`` / ``--encoder-weights``: weights users
+  have, see :mod:`geossl.weights`; random otherwise).
 * ``<out>.state.pt``: the resume state (kind ``pretrain-state``) every ``checkpoint_every`` steps,
   written atomically and removed when the run completes. ``--resume`` continues *exactly*: the
   data of step ``i`` come from ``(seed, i)``, the augmentation generator and torch's global RNG
@@ -58,11 +60,12 @@ from .raster_io import (
 )
 from .schemas import PretrainParams
 from .views import ViewBands, parse_view_bands
+from .weights import EncoderWeights, encoder_start
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 # Options that define the optimisation trajectory: a resume state is only continued with the same.
-RUN_DEFINING = ("method", "method_options", "encoder", "tile", "batch", "lr", "weight_decay", "seed", "view_bands",
-                "pair")
+RUN_DEFINING = ("method", "method_options", "encoder", "init", "encoder_weights", "tile", "batch", "lr",
+                "weight_decay", "seed", "view_bands", "pair")
 
 
 def state_path(out: str | os.PathLike) -> Path:
@@ -186,6 +189,7 @@ class _Trainer:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    init: dict[str, Any] | None = None  # what the encoder started from (recorded in the checkpoint)
 
     def state(self) -> dict[str, Any]:
         return {"method": self.method.state_dict(), "optimizer": self.opt.state_dict(),
@@ -201,9 +205,11 @@ class _Trainer:
 
 
 def _build(params: PretrainParams, in_channels: int, device: torch.device, views: ViewBands | None = None,
-           windows: int = 0) -> _Trainer:
+           windows: int = 0, start: EncoderWeights | None = None) -> _Trainer:
     torch.manual_seed(params.seed)  # same initial weights on every process and every resume
     model = build_model(params.encoder, in_channels, 1)
+    # Before the method wraps the model: BYOL's target and MoCo's key encoder start as copies of it.
+    init = start.load_into(model, params.encoder) if start is not None else None
     cls = get_method(params.method)
     options = cls.resolve_options(params.method_options, batch=params.batch, total_steps=params.total_steps,
                                   windows=windows)
@@ -217,7 +223,7 @@ def _build(params: PretrainParams, in_channels: int, device: torch.device, views
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine(params.total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and params.amp
                                   and not torch.cuda.is_bf16_supported())
-    return _Trainer(method, opt, sched, scaler)
+    return _Trainer(method, opt, sched, scaler, init)
 
 
 def _differences(saved: dict[str, Any], total: int, rasters: list[str], params: PretrainParams,
@@ -263,7 +269,7 @@ def _save_state(path: Path, trainer: _Trainer, params: PretrainParams, rasters: 
     skeleton = pack(trainer.state(), tensors)
     save_checkpoint(path, "pretrain-state", tensors, resume=skeleton, params=params.model_dump(),
                     rasters=rasters, band_stats=stats.to_dict(), step=step, total_steps=params.total_steps,
-                    seconds=seconds)
+                    seconds=seconds, init=trainer.init)
 
 
 def _open_log(path: Path, resume_step: int) -> Any:
@@ -326,10 +332,15 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
             stats = stacked_stats(stats, compute_band_stats([p.path for p in pairs], seed=params.seed))
 
     total = params.total_steps
-    trainer = _build(params, in_channels, device, views, distinct_windows(infos, params.tile))
+    # A resumed run's weights come from its state: the start weights are read only for a fresh run.
+    start = encoder_start(params.init, params.encoder_weights, params.encoder) if resume is None else None
+    trainer = _build(params, in_channels, device, views, distinct_windows(infos, params.tile), start)
+    if trainer.init is not None:
+        progress(Clock().event("pretrain", 0, params.total_steps, message=trainer.init["summary"]))
     step, prior_s = 0, 0.0
     if resume is not None:
         trainer.load(unpack(resume["resume"], resume["state_dict"]))
+        trainer.init = resume.get("init")
         step, prior_s = int(resume["step"]), float(resume["seconds"])
         progress(Clock().event("pretrain", step, total, message=f"Resuming from step {step} of {total}."))
     model: nn.Module = trainer.method
@@ -397,7 +408,7 @@ def _run(params: PretrainParams, progress: ProgressCallback, ctx: Distributed, d
             views=views.to_dict() if views else None, pair=[p.path for p in pairs] if pairs else None,
             method=params.method, method_options=trainer.method.options, tile=params.tile,
             view_size=params.view_size, seed=params.seed, config=params.model_dump(), steps=step,
-            rasters=rasters, world_size=ctx.world_size, final_loss=last_loss,
+            rasters=rasters, world_size=ctx.world_size, final_loss=last_loss, init=trainer.init,
         )
         spath.unlink(missing_ok=True)  # a resume state exists only while a run is unfinished
     if ctx.enabled:

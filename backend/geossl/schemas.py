@@ -19,6 +19,19 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+WeightsName = Literal["imagenet"]  # named weights GeoSSL finds in local caches
+INIT_HELP = ("Start the encoder from a `geossl pretrain` checkpoint, or from a torchvision/timm/torchgeo ResNet "
+             "state dict (.pth/.pt/.ckpt/.safetensors; its first convolution is adapted to the rasters' bands)")
+ENCODER_WEIGHTS_HELP = ("'imagenet': start the encoder from ImageNet weights already in the local torch or "
+                        "Hugging Face cache (never downloaded)")
+
+
+def _one_start(encoder_weights: str | None, **others: str | None) -> None:
+    given = [name for name, value in others.items() if value]
+    if encoder_weights and given:
+        raise ValueError(f"give either encoder_weights or {' / '.join(given)} to start from, not both")
+
+
 def _tile_ok(v: int) -> int:
     if v % 16:
         raise ValueError(f"tile must be a multiple of 16 (DeepLabV3+ downsamples by 16), got {v}")
@@ -34,7 +47,8 @@ class FinetuneParams(_Params):
     layer: str | None = Field(None, description="Layer of a multi-layer vector file")
     out: str = Field(description="Model file to write (.pt)")
     encoder: Encoder = "resnet18"
-    init: str | None = Field(None, description="Pretrained encoder checkpoint from `geossl pretrain`")
+    init: str | None = Field(None, description=INIT_HELP)
+    encoder_weights: WeightsName | None = Field(None, description=ENCODER_WEIGHTS_HELP)
     init_aspp: bool = Field(False, description="Also load the pretrained ASPP module")
     init_model: str | None = Field(None, description="Warm start: continue from this fine-tuned model (all "
                                    "weights, its classes, encoder and band statistics)")
@@ -84,6 +98,7 @@ class FinetuneParams(_Params):
             self.epochs = 20
         if self.init and self.init_model:
             raise ValueError("give either init (a pretrained encoder) or init_model (a fine-tuned model), not both")
+        _one_start(self.encoder_weights, init=self.init, init_model=self.init_model)
         return self
 
     @property
@@ -251,6 +266,10 @@ class PretrainParams(_Extent):
     method: Method = "glcnet"
     method_options: dict[str, Any] = Field(default_factory=dict, description="Method hyper-parameters")
     encoder: Encoder = "resnet18"
+    init: str | None = Field(None, description="Continue from these encoder weights: a GeoSSL checkpoint's "
+                             "encoder, or a torchvision/timm/torchgeo ResNet state dict (first convolution adapted "
+                             "to the bands)")
+    encoder_weights: WeightsName | None = Field(None, description=ENCODER_WEIGHTS_HELP)
     tile: int = Field(256, ge=64, le=2048, description="Window size; views are 7/8 of it")
     batch: int = Field(32, ge=2, le=4096, description="Windows per step over all processes")
     epochs: int | None = Field(None, ge=1)
@@ -282,6 +301,7 @@ class PretrainParams(_Extent):
     def _check(self) -> PretrainParams:
         if self.epochs is None and self.steps is None:
             self.epochs = 20
+        _one_start(self.encoder_weights, init=self.init)
         from .methods import get_method
         from .views import check_view_bands_syntax
 

@@ -47,10 +47,9 @@ from .common import (
     tile_spinbox,
 )
 from .models import PRETRAINED, ModelEntry, parse_models
+from .start_from import StartFrom
 
 DEFAULT_ENCODERS = ("resnet18", "resnet34", "resnet50")
-RANDOM_INIT = "random weights (no pretraining)"
-_ENCODER_ROLE = Qt.UserRole + 1
 
 
 def encoders_of(info: Any) -> tuple[str, ...]:
@@ -162,9 +161,8 @@ class FinetuneSection(JobSection):
         self.colours_label.setWordWrap(True)
         self.encoder = QComboBox(self)
         self.encoder.addItems(DEFAULT_ENCODERS)
-        self.init_model = QComboBox(self)
-        self.init_model.setObjectName("geosslInitModel")
-        self.init_model.setToolTip("Start from an encoder pretrained on your rasters (section 1), or from scratch")
+        self.start_from = StartFrom(self)
+        self.start_from.setObjectName("geosslStartFrom")
         self.budget = BudgetInput(300, "steps", self)
         self.tile = tile_spinbox(self, 32, 128)
         self.batch = batch_spinbox(self, 1, 512, 8)
@@ -182,7 +180,7 @@ class FinetuneSection(JobSection):
         form.addRow("", self.counts_label)
         form.addRow("", self.colours_label)
         form.addRow("Encoder", self.encoder)
-        form.addRow("Start from", self.init_model)
+        form.addRow("Start from", self.start_from)
         form.addRow("Training", self.budget)
         form.addRow("Tile", self.tile)
         form.addRow("Batch", self.batch)
@@ -193,8 +191,7 @@ class FinetuneSection(JobSection):
         self.class_field.fieldChanged.connect(self._show_colours)
         self.class_field.fieldChanged.connect(self.show_counts)
         self.rasters.itemChanged.connect(self.show_counts)  # the pixel size comes from a ticked raster
-        self.init_model.currentIndexChanged.connect(self._on_init_changed)
-        self._fill_init_models()
+        self.start_from.currentIndexChanged.connect(self._on_start_changed)
         self._on_polygons_changed(self.polygons.currentLayer())
 
     # -- state ------------------------------------------------------------------------------------
@@ -292,9 +289,7 @@ class FinetuneSection(JobSection):
             params["layer"] = sublayer
         if out:
             params["out"] = out
-        init = self.init_model.currentData()
-        if init:
-            params["init"] = init
+        params.update(self.start_from.params())  # random, ImageNet, a pretrained encoder or a weight file
         colours = self.colours()
         if colours:
             params["colours"] = colours
@@ -349,22 +344,9 @@ class FinetuneSection(JobSection):
 
     def _on_models(self, data: Any) -> None:
         self._models = parse_models(data)
-        self._fill_init_models()
+        self.start_from.set_pretrained((m.label, m.path, m.encoder) for m in self._models if m.kind == PRETRAINED)
 
-    def _fill_init_models(self) -> None:
-        current = self.init_model.currentData()
-        self.init_model.blockSignals(True)
-        self.init_model.clear()
-        self.init_model.addItem(RANDOM_INIT, None)
-        for entry in self._models:
-            if entry.kind == PRETRAINED:
-                self.init_model.addItem(entry.label, entry.path)
-                self.init_model.setItemData(self.init_model.count() - 1, entry.encoder, _ENCODER_ROLE)
-        index = self.init_model.findData(current) if current else 0
-        self.init_model.setCurrentIndex(max(0, index))
-        self.init_model.blockSignals(False)
-
-    def _on_init_changed(self, index: int) -> None:
-        encoder = self.init_model.itemData(index, _ENCODER_ROLE)
+    def _on_start_changed(self, _index: int) -> None:
+        encoder = self.start_from.encoder()
         if encoder and self.encoder.findText(encoder) >= 0:
             self.encoder.setCurrentText(encoder)  # a pretrained encoder fixes the architecture

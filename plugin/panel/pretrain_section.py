@@ -26,6 +26,7 @@ from .common import (
     tile_spinbox,
 )
 from .finetune_section import DEFAULT_ENCODERS, BudgetInput, encoders_of, safe_name
+from .start_from import StartFrom
 
 
 class PretrainSection(JobSection):
@@ -44,6 +45,8 @@ class PretrainSection(JobSection):
         self.method.setToolTip("Self-supervised methods offered by the connected backend")
         self.encoder = QComboBox(self)
         self.encoder.addItems(DEFAULT_ENCODERS)
+        self.start_from = StartFrom(self, "random weights")
+        self.start_from.setObjectName("geosslPretrainStartFrom")
         self.budget = BudgetInput(1000, "steps", self)
         self.tile = tile_spinbox(self, 64, 256)
         self.batch = batch_spinbox(self, 2, 4096, 32)
@@ -63,6 +66,7 @@ class PretrainSection(JobSection):
         form.addRow("Rasters", self.rasters)
         form.addRow("Method", self.method)
         form.addRow("Encoder", self.encoder)
+        form.addRow("Start from", self.start_from)  # continued pretraining from weights the user has
         form.addRow("View bands", self.view_bands)
         form.addRow("Training", self.budget)
         form.addRow("Tile", self.tile)
@@ -113,7 +117,7 @@ class PretrainSection(JobSection):
         views = self.view_bands.text().split()  # the backend checks them against the rasters' bands
         return {"rasters": paths, "method": self.method.currentText(), "encoder": self.encoder.currentText(),
                 "tile": self.tile.value(), "batch": self.batch.value(), **self.budget.as_params(), **extent,
-                **({"view_bands": views} if views else {})}
+                **({"view_bands": views} if views else {}), **self.start_from.params()}
 
     def model_basename(self) -> str:
         return safe_name(self.model_name.text() or f"pretrained-{self.method.currentText()}")

@@ -38,6 +38,14 @@ from .runner import backend_connection, run_job
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
 GROUP = "Few-label segmentation"
+# ENCODER_WEIGHTS choices and the job parameter each sends (ImageNet: from the backend's local cache only).
+ENCODER_WEIGHTS = (("Random (or the weight file above)", None), ("ImageNet (already in the backend's torch cache)",
+                                                                 "imagenet"))
+WEIGHT_FILTER = "Weights (*.pt *.pth *.ckpt *.safetensors);;All files (*)"
+INIT_HELP = ("<p><b>Start from</b>: a weight file — a GeoSSL pretrained encoder, or a torchvision/timm/torchgeo ResNet "
+             "state dict such as SSL4EO-S12 Sentinel-2 weights (its first layer is adapted to the rasters' bands; "
+             "choose the file's encoder) — or ImageNet weights the backend already has in its torch cache (nothing "
+             "is downloaded; if they are missing the error names the file to fetch and where to put it).</p>")
 
 
 def _raster_file(layer: QgsRasterLayer | None, what: str) -> str:
@@ -61,6 +69,26 @@ def _add_training_parameters(algorithm: QgsProcessingAlgorithm, steps: int, tile
     algorithm.addParameter(_integer("STEPS", "Training steps", steps, 1))
     algorithm.addParameter(_integer("TILE", "Tile size (pixels, multiple of 16)", tile, min_tile))
     algorithm.addParameter(_integer("BATCH", "Batch size", batch, min_batch))
+
+
+def _add_start_parameters(algorithm: QgsProcessingAlgorithm, init_label: str) -> None:
+    """INIT (a weight file) and ENCODER_WEIGHTS (ImageNet): what the encoder starts from."""
+    algorithm.addParameter(QgsProcessingParameterFile("INIT", init_label, fileFilter=WEIGHT_FILTER, optional=True))
+    algorithm.addParameter(QgsProcessingParameterEnum("ENCODER_WEIGHTS", "Start from known weights",
+                                                      [label for label, _ in ENCODER_WEIGHTS], defaultValue=0))
+
+
+def _start_values(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any],
+                  context: QgsProcessingContext) -> dict[str, str]:
+    """``init`` and/or ``encoder_weights``; both given is refused by the backend, naming them."""
+    values: dict[str, str] = {}
+    init = algorithm.parameterAsFile(parameters, "INIT", context)
+    if init:
+        values["init"] = init
+    weights = ENCODER_WEIGHTS[algorithm.parameterAsEnum(parameters, "ENCODER_WEIGHTS", context)][1]
+    if weights:
+        values["encoder_weights"] = weights
+    return values
 
 
 def _training_values(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any],
@@ -262,15 +290,15 @@ class FinetuneAlgorithm(GeoSSLAlgorithm):
     KIND, NAME, TITLE = "finetune", "finetune", "Fine-tune a model from polygons"
     HELP = ("<p>Train a DeepLabV3+ segmentation model from a few polygons with a class field. Pixels outside "
             "the polygons are ignored (not background). If the polygon layer is styled <i>Categorized</i> by the "
-            "class field, its colours become the map's colours.</p>")
+            "class field, its colours become the map's colours.</p>" + INIT_HELP)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Training rasters",
                                                                QgsProcessing.TypeRaster))
         _PolygonTraining.add_polygon_parameters(self, "Training polygons")
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
-        self.addParameter(QgsProcessingParameterFile("INIT", "Pretrained encoder (optional)", extension="pt",
-                                                     optional=True))
+        _add_start_parameters(self, "Start from a weight file (optional): GeoSSL pretrained encoder, or a "
+                                    "torchvision/timm/torchgeo ResNet state dict")
         self.addParameter(QgsProcessingParameterFile("INIT_MODEL", "Continue from a fine-tuned model (optional; "
                                                      "its encoder and classes are kept)", extension="pt",
                                                      optional=True))
@@ -288,9 +316,7 @@ class FinetuneAlgorithm(GeoSSLAlgorithm):
             **_training_values(self, parameters, context),
             out=self.parameterAsFileOutput(parameters, "OUTPUT", context),
         )
-        init = self.parameterAsFile(parameters, "INIT", context)
-        if init:
-            params["init"] = init
+        params.update(_start_values(self, parameters, context))
         init_model = self.parameterAsFile(parameters, "INIT_MODEL", context)
         if init_model:  # a warm start keeps the model's encoder: the Encoder choice does not apply
             params["init_model"] = init_model
@@ -346,13 +372,16 @@ class EvaluateAlgorithm(GeoSSLAlgorithm):
 class PretrainAlgorithm(GeoSSLAlgorithm):
     KIND, NAME, TITLE = "pretrain", "pretrain", "Pretrain an encoder (self-supervised)"
     HELP = ("<p>Learn features from your own unlabeled rasters (GLCNet, SimCLR, BYOL, MoCo…; the backend lists its methods "
-            "in the GeoSSL panel). Fine-tune from the result with the <i>Pretrained encoder</i> input.</p>")
+            "in the GeoSSL panel). Fine-tune from the result with the <i>Start from a weight file</i> input. "
+            "Pretraining may itself continue from weights you have.</p>" + INIT_HELP)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Unlabeled rasters",
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterString("METHOD", "Method (e.g. glcnet, simclr, byol, moco)", "glcnet"))
         self.addParameter(QgsProcessingParameterEnum("ENCODER", "Encoder", list(ENCODERS), defaultValue=0))
+        _add_start_parameters(self, "Continue from a weight file (optional): a GeoSSL model's encoder, or a "
+                                    "torchvision/timm/torchgeo ResNet state dict")
         _add_training_parameters(self, steps=1000, tile=256, min_tile=64, batch=32, min_batch=2)
         resume = QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run with the same output", False)
         resume.setFlags(resume.flags() | resume.FlagAdvanced)
@@ -369,6 +398,7 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
             **_training_values(self, parameters, context),
             "resume": self.parameterAsBool(parameters, "RESUME", context),
             "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
+            **_start_values(self, parameters, context),
         }
 
     def outputs(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ..raster_io import RasterInfo, check_output_path, check_training_rasters, e
 
 # Fields holding paths a job reads, per job type: any of them may be another job's output.
 INPUT_FIELDS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("rasters", "pair"),
+    "pretrain": ("rasters", "pair", "init"),
     "finetune": ("rasters", "labels", "init", "init_model"),
     "suggest": ("model", "raster", "labels"),
     "predict": ("model", "raster"),
@@ -165,8 +165,8 @@ def _check_job(job_type: str, params: BaseModel, data: dict[str, Any], policy: O
 
 
 def _check_finetune(p: Any, policy: OutputPolicy, later: Any) -> None:
-    from ..checkpoint import load_checkpoint
     from ..labels import load_label_polygons, read_vector
+    from ..weights import open_start
 
     policy.check(p.out)
     infos: list[RasterInfo] | None = None
@@ -176,8 +176,12 @@ def _check_finetune(p: Any, policy: OutputPolicy, later: Any) -> None:
     else:
         read_vector(p.labels, p.class_field, p.layer)
     _check_warm_start(p, infos, later)
-    if p.init and not later(p.init):
-        ck = load_checkpoint(p.init, "pretrained")
+    if p.init and later(p.init):
+        return
+    ck = open_start(p.init, p.encoder_weights, p.encoder)  # a GeoSSL checkpoint, outside weights, or None
+    if ck is not None and not isinstance(ck, dict):
+        ck.check(p.encoder, infos[0].count if infos else None, p.init_aspp)  # ImageNet cached, file loadable
+    elif ck is not None:
         if ck.get("encoder") != p.encoder:
             raise GeoSSLError(
                 f"The pretrained checkpoint has encoder {ck.get('encoder')}, but fine-tuning asks for {p.encoder}.",
@@ -282,17 +286,23 @@ def _check_evaluate(p: Any, policy: OutputPolicy, later: Any) -> None:
 def _check_pretrain(p: Any, policy: OutputPolicy, later: Any) -> None:
     policy.check(p.out)
     rasters = [r for r in p.rasters if not later(r)]
-    if not rasters:
-        return
-    from ..pretrain import check_rasters, expand_rasters, extent_regions
+    bands = None
+    if rasters:
+        from ..pretrain import check_rasters, expand_rasters, extent_regions
 
-    infos = check_rasters(expand_rasters(rasters))  # folders of GeoTIFFs allowed, no CRS needed
-    if p.extent:
-        extent_regions(infos, p)
-    if (p.view_bands or p.pair) and len(rasters) == len(p.rasters) and not any(later(r) for r in p.pair or []):
-        from ..pretrain import check_views
+        infos = check_rasters(expand_rasters(rasters))  # folders of GeoTIFFs allowed, no CRS needed
+        bands = infos[0].count
+        if p.extent:
+            extent_regions(infos, p)
+        if (p.view_bands or p.pair) and len(rasters) == len(p.rasters) and not any(later(r) for r in p.pair or []):
+            from ..pretrain import check_views
 
-        check_views(p, infos)  # band numbers in range, one pair per raster on the same ground
+            _pairs, views = check_views(p, infos)  # band numbers in range, one pair per raster on the same ground
+            bands = views.channels if views else bands
+    if (p.init and not later(p.init)) or p.encoder_weights:
+        from ..weights import encoder_start
+
+        encoder_start(p.init, p.encoder_weights, p.encoder).check(p.encoder, bands)
 
 
 def _check_export(p: Any, policy: OutputPolicy, later: Any) -> None:
