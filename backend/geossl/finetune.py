@@ -179,7 +179,6 @@ def plan_steps(params: FinetuneParams, model: nn.Module, train_ds: LabelledTiles
         step_s = measure_seconds(train_step) + data_s
         probe.eval()
         fwd_s = measure_seconds(eval_batch)
-        del probe, opt
     spe = params.steps_per_epoch
     per_epoch = fwd_s * (min(spe, 16) + math.ceil(n_val / params.batch)
                          + round(params.self_training * params.batch) * spe / params.batch)
@@ -278,7 +277,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     model.train()
     n_pseudo = round(params.self_training * params.batch)
     pool = PseudoLabelledTiles(train_polys, stats, params.tile, spe * n_pseudo, params.seed,
-                               params.pseudo_threshold, max(params.photometric, 0.2)) if n_pseudo else None
+                               params.pseudo_threshold, params.pseudo_photometric) if n_pseudo else None
     for epoch in range(start_epoch, epochs):
         train_ds.epoch = epoch
         data: Dataset = train_ds

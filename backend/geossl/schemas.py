@@ -77,6 +77,8 @@ class FinetuneParams(_Params):
     pseudo_threshold: float = Field(0.9, gt=0, lt=1, description="Smallest probability that makes a "
                                     "pseudo-label")
     pseudo_weight: float = Field(1.0, gt=0, description="Weight of the pseudo-labelled windows' loss")
+    pseudo_photometric: float = Field(0.0, ge=0, le=1, description="Per-band gain/offset/noise on the "
+                                      "pseudo-labelled windows (the 'strong' view of FixMatch)")
     patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
     seed: int = 0
     workers: int = Field(0, ge=0, le=64)

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
-from scipy import ndimage
-from sklearn.ensemble import RandomForestClassifier
-
 from geossl.classes import IGNORE_INDEX, ClassTable
 from geossl.labels import load_label_polygons
 from geossl.raster_io import check_training_rasters, geotiff_writer, raster_info, read_window
+from rasterio.windows import Window
+from scipy import ndimage
+from sklearn.ensemble import RandomForestClassifier
 
 TEXTURE_SCALES = (5, 11, 21)
 
