@@ -63,8 +63,11 @@ def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
         rasters=args.raster, out=args.out, method=args.method, method_options=_method_options(args.method_option),
         encoder=args.encoder, init=args.init, encoder_weights=args.encoder_weights, tile=args.tile, batch=args.batch,
         epochs=args.epochs, steps=args.steps,
-        steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        workers=args.workers, device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
+        steps_per_epoch=args.steps_per_epoch, minutes=args.minutes, lr=args.lr, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, seed=args.seed, workers=args.workers,
+        device=args.device, amp=not args.no_amp, checkpoint_every=args.checkpoint_every,
+        **({} if args.checkpoint_minutes is None else {"checkpoint_minutes": args.checkpoint_minutes or None}),
+        snapshot_steps=args.snapshot_steps, snapshot_minutes=args.snapshot_minutes,
         resume=args.resume, extent=args.extent, extent_crs=args.extent_crs, view_bands=args.view_bands,
         pair=args.pair,
     )
@@ -147,6 +150,12 @@ def _summary(command: str, result: dict[str, Any]) -> str:
                      + (f", {result['world_size']} processes" if result["world_size"] > 1 else "") + ").")
         if result.get("final_loss") is not None:
             lines.append(f"Loss {result['first_loss']:.4f} → {result['final_loss']:.4f}; per-step log: {result['log']}")
+        plan = result.get("plan") or {}
+        if plan.get("step_seconds"):
+            lines.append(f"Planned {plan['steps']} steps for {plan['minutes']:g} min ({plan['step_seconds']:.2f} s per "
+                         f"step measured); --steps {plan['steps']} reproduces this run.")
+        for snap in result.get("snapshots") or []:
+            lines.append(f"Snapshot after step {snap['step']} ({snap['train_seconds']:.0f} s of training): {snap['path']}")
         lines.append(f"Fine-tune from it: geossl finetune --init {result['model']} --encoder {result['encoder']} …")
     elif command == "finetune":
         v = result.get("validation")
@@ -228,16 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     budget = pt.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="epochs of --steps-per-epoch steps (default 20)")
     budget.add_argument("--steps", type=int, help="total training steps instead of epochs")
+    budget.add_argument("--minutes", type=float, metavar="M",
+                        help="wall-time budget instead: a few steps are measured (and discarded), then the steps "
+                             "that fit in M minutes are fixed and recorded (--steps N reproduces the run)")
     pt.add_argument("--steps-per-epoch", type=int, default=500, help="steps per epoch (default 500)")
     pt.add_argument("--tile", type=int, default=256,
                     help="window size in pixels, multiple of 16; views are 7/8 of it (default 256)")
     pt.add_argument("--batch", type=int, default=32, help="windows per step (default 32)")
-    pt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine to 0 (default 1e-3)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    pt.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                    help="cosine to 0 over the run (default), or constant after a linear warm-up: every "
+                         "intermediate snapshot is then what a run of that length would have made")
+    pt.add_argument("--warmup-steps", type=int, metavar="N",
+                    help="constant schedule: warm-up steps (default: 2%% of the run, at most 100)")
     pt.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay (default 1e-5)")
     pt.add_argument("--seed", type=int, default=0, help="random seed (saved with the checkpoint)")
     pt.add_argument("--workers", type=int, default=0, help="parallel data-loading processes")
     pt.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                     help="write the resume state every N steps (default 500)")
+    pt.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                    help="also write it every M minutes, so a run killed at any time loses at most M minutes "
+                         "(default 10; 0: by steps only)")
+    pt.add_argument("--snapshot-steps", type=int, nargs="+", metavar="N",
+                    help="also write a complete pretrained checkpoint ENC.stepN.pt after each step N "
+                         "(fine-tune from any of them; with --lr-schedule constant each is an N-step run)")
+    pt.add_argument("--snapshot-minutes", type=float, nargs="+", metavar="M",
+                    help="with --minutes: snapshots after the steps that M minutes would have planned")
     pt.add_argument("--resume", action="store_true", help="continue from ENC.pt.state.pt, exactly where it stopped")
     pt.add_argument("--view-bands", nargs="+", metavar="BANDS",
                     help="byol/moco (RS-BYOL): the two views from two equal band groups, e.g. --view-bands "

@@ -277,13 +277,29 @@ class PretrainParams(_Extent):
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
     steps_per_epoch: int = Field(500, ge=1)
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60,
+                                  description="Wall-time budget instead of steps/epochs: the steps that fit are "
+                                              "measured once before the first step and fixed (recorded as the plan)")
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine to 0 over the run (the paper's), or constant after a linear warm-up: "
+                              "then every snapshot is what a run of that length would have made")
+    warmup_steps: int | None = Field(None, ge=0, description="constant schedule: warm-up steps (default: 2% of "
+                                     "the run, at most 100); fixed for the run, so all its snapshots share it")
     weight_decay: float = Field(1e-5, ge=0)
     seed: int = Field(0, ge=0)
     workers: int = Field(0, ge=0, le=64)
     device: Device = "auto"
     amp: bool = True
     checkpoint_every: int = Field(500, ge=1, description="Steps between resume states")
+    checkpoint_minutes: float | None = Field(10.0, gt=0, le=7 * 24 * 60,
+                                             description="Also write the resume state after this many minutes (a "
+                                                         "run killed at any time loses at most that); None: by "
+                                                         "steps only")
+    snapshot_steps: list[int] | None = Field(None, min_length=1, description="Also write a complete pretrained "
+                                             "checkpoint <out stem>.step<N>.pt after each of these steps")
+    snapshot_minutes: list[float] | None = Field(None, min_length=1, description="With minutes: snapshots after "
+                                                 "the steps these shorter budgets would have planned")
     resume: bool = Field(False, description="Continue from <out>.state.pt when it exists")
     view_bands: list[str] | None = Field(
         None, min_length=1, max_length=2,
@@ -299,11 +315,32 @@ class PretrainParams(_Extent):
     def _tile(cls, v: int) -> int:
         return _tile_ok(v)
 
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _snapshot_steps(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("snapshot steps must be at least 1")
+        return None if v is None else sorted(set(v))
+
+    @field_validator("snapshot_minutes")
+    @classmethod
+    def _snapshot_minutes(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(0 < m <= 7 * 24 * 60 for m in v):
+            raise ValueError("snapshot minutes must be positive and at most a week")
+        return None if v is None else sorted(set(v))
+
     @model_validator(mode="after")
     def _check(self) -> PretrainParams:
-        if self.epochs is None and self.steps is None:
+        if self.minutes is not None:
+            if self.epochs is not None or self.steps is not None:
+                raise ValueError("give minutes or steps/epochs, not both")
+        elif self.epochs is None and self.steps is None:
             self.epochs = 20
         _one_start(self.encoder_weights, init=self.init)
+        if self.snapshot_minutes and self.minutes is None:
+            raise ValueError("snapshot_minutes needs minutes (the steps come from the same measurement)")
+        if self.snapshot_steps and self.total_steps is not None and self.snapshot_steps[-1] > self.total_steps:
+            raise ValueError(f"snapshot step {self.snapshot_steps[-1]} is beyond the run's {self.total_steps} steps")
         from .methods import get_method
         from .views import check_view_bands_syntax
 
@@ -319,7 +356,10 @@ class PretrainParams(_Extent):
         return self
 
     @property
-    def total_steps(self) -> int:
+    def total_steps(self) -> int | None:
+        """The steps asked for; None for a ``minutes`` budget (planned by measurement when the run starts)."""
+        if self.minutes is not None:
+            return None
         return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
 
     @property

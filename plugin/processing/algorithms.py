@@ -32,7 +32,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from ..client import BlockingClient
+from ..client import ApiError, BlockingClient
+from ..gain import WARN, gain_path, gain_sentence
 from ..layers import LayerError, class_colours, polygon_source, raster_path
 from .runner import backend_connection, run_job
 
@@ -156,8 +157,13 @@ class GeoSSLAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         with backend_connection(feedback) as connection:
-            job = run_job(BlockingClient(connection, feedback), self.KIND, self._params, feedback)
+            client = BlockingClient(connection, feedback)
+            self.before_run(client, feedback)
+            job = run_job(client, self.KIND, self._params, feedback)
         return self.outputs(job)
+
+    def before_run(self, client: BlockingClient, feedback: QgsProcessingFeedback) -> None:
+        """Tell the user something first, once the backend is reached (override)."""
 
     def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -371,9 +377,13 @@ class EvaluateAlgorithm(GeoSSLAlgorithm):
 
 class PretrainAlgorithm(GeoSSLAlgorithm):
     KIND, NAME, TITLE = "pretrain", "pretrain", "Pretrain an encoder (self-supervised)"
+    _bands: int | None = None  # of the first raster: picks the measured imagery the gain is quoted for
     HELP = ("<p>Learn features from your own unlabeled rasters (GLCNet, SimCLR, BYOL, MoCo…; the backend lists its methods "
             "in the GeoSSL panel). Fine-tune from the result with the <i>Start from a weight file</i> input. "
-            "Pretraining may itself continue from weights you have.</p>" + INIT_HELP)
+            "Pretraining may itself continue from weights you have.</p>"
+            "<p>Budget: a number of steps, or wall-time minutes (the backend measures a few steps and fixes the "
+            "steps that fit). The log first says what that budget bought in our measurements, and warns where "
+            "pretraining did not pay.</p>" + INIT_HELP)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("RASTERS", "Unlabeled rasters",
@@ -383,6 +393,9 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
         _add_start_parameters(self, "Continue from a weight file (optional): a GeoSSL model's encoder, or a "
                                     "torchvision/timm/torchgeo ResNet state dict")
         _add_training_parameters(self, steps=1000, tile=256, min_tile=64, batch=32, min_batch=2)
+        self.addParameter(QgsProcessingParameterNumber(
+            "MINUTES", "Wall-time budget in minutes (0: train the steps above instead)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         resume = QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run with the same output", False)
         resume.setFlags(resume.flags() | resume.FlagAdvanced)
         self.addParameter(resume)
@@ -391,7 +404,7 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
 
     def job_params(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         rasters = _raster_layers(self, parameters, context, "raster")
-        return {
+        params = {
             "rasters": [_raster_file(r, "raster") for r in rasters],
             "method": self.parameterAsString(parameters, "METHOD", context).strip(),
             "encoder": ENCODERS[self.parameterAsEnum(parameters, "ENCODER", context)],
@@ -400,6 +413,23 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
             "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
             **_start_values(self, parameters, context),
         }
+        minutes = self.parameterAsDouble(parameters, "MINUTES", context) if parameters.get("MINUTES") else 0.0
+        if minutes > 0:  # the backend plans the steps that fit
+            params.pop("steps")
+            params["minutes"] = minutes
+        self._bands = rasters[0].bandCount()
+        return params
+
+    def before_run(self, client: BlockingClient, feedback: QgsProcessingFeedback) -> None:
+        """What this budget bought in the backend's measurements, as the panel says it."""
+        p = self._params
+        try:
+            estimate = client.get(gain_path(p["method"], p.get("minutes"), p.get("steps"), self._bands))
+        except ApiError:  # an older backend measured nothing: the run goes on
+            return
+        if isinstance(estimate, dict):
+            text, level = gain_sentence(estimate)
+            (feedback.pushWarning if level == WARN else feedback.pushInfo)(text)
 
     def outputs(self, job: dict[str, Any]) -> dict[str, Any]:
         result = job.get("result") or {}

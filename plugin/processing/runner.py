@@ -147,6 +147,8 @@ def run_job(client: BlockingClient, kind: str, params: dict[str, Any], feedback:
         if feedback is not None:
             if progress.fraction is not None:
                 feedback.setProgress(100.0 * progress.fraction)
+            if hasattr(feedback, "setProgressText"):  # Processing's feedback: stage, step/total, time left
+                feedback.setProgressText(J.progress_text(job))
             line = progress.message or (f"{progress.stage}" if progress.stage and progress.total == 0 else "")
             if line and line != last_line:
                 feedback.pushInfo(line)

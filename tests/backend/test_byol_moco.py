@@ -239,7 +239,8 @@ def test_cli_byol_with_band_groups_and_moco_then_info_and_finetune(tmp_path, cap
     ck = load_checkpoint(enc, "pretrained")
     assert ck["method"] == "byol" and ck["in_channels"] == 2 and ck["band_stats"] is None
     assert ck["views"] == {"mode": "groups", "groups": [[1, 2], [3, 4]]} and ck["config"]["view_bands"] == ["1,2", "3,4"]
-    assert ck["method_options"] == {"hidden_dim": 64, "proj_dim": 256, "base_momentum": 0.996}
+    assert ck["method_options"] == {"hidden_dim": 64, "proj_dim": 256, "base_momentum": 0.996,
+                                    "momentum_schedule": "cosine"}  # the loop's default schedule
     assert not any(k.startswith(("target_", "projector")) for k in ck["state_dict"])  # plain DeepLabV3+ weights
     code, out, _ = geossl(capsys, "info", "--model", enc, "--json")
     info = json.loads(out)

@@ -218,3 +218,33 @@ def test_bad_inputs_are_422_with_a_message_for_the_user(world, service, tmp_path
     assert service.get("/jobs/nope").status_code == 404
     assert {j["id"] for j in service.get("/jobs").json()["jobs"]} == before  # nothing was queued
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_pretraining_gain_and_snapshots_as_models(world, service):
+    from geossl.pretraining_gain import estimate_gain, load_gain_table
+
+    r = service.get("/pretraining/gain", params={"method": "glcnet", "minutes": 30, "bands": 3})
+    assert r.status_code == 200, r.text
+    gain = r.json()
+    assert gain == estimate_gain(load_gain_table(), "glcnet", minutes=30, bands=3)
+    assert gain["dataset"] == "dubai-rgb" and gain["basis"] == "beyond" and gain["point"]["delta_kappa"] == -1.96
+    s2 = service.get("/pretraining/gain", params={"method": "moco", "steps": 200, "bands": 13}).json()
+    assert s2["dataset"] == "sentinel2-13band" and s2["basis"] == "measured" and s2["verdict"] == "no-gain"
+    r = service.get("/pretraining/gain", params={"method": "glcnet"})
+    assert r.status_code == 422 and "minutes or as steps" in r.json()["detail"]
+
+    d = world["dir"]
+    body = {"rasters": [str(world["raster"])], "batch": 2, "tile": 64, "encoder": "resnet18", "lr_schedule": "constant",
+            "snapshot_steps": [1]}
+    job = service.submit("pretrain", body | {"out": str(d / "anytime.pt"), "steps": 2})
+    done = service.wait_job(job["id"], ["succeeded"], timeout=180)
+    assert [Path(s["path"]).name for s in done["result"]["snapshots"]] == ["anytime.step1.pt"]
+    models = {m["name"]: m for m in service.get("/models").json()["models"]}
+    snapshot = models["anytime.step1.pt"]  # a pretraining's snapshots are listed as encoders to start from
+    assert snapshot["kind"] == "pretrained" and snapshot["snapshot"]["step"] == 1 and snapshot["job_id"] == job["id"]
+
+    job = service.submit("pretrain", body | {"out": str(d / "dropped.pt"), "steps": 200})
+    service.wait_job(job["id"], ["running"], until=lambda j: (j["progress"] or {}).get("step", 0) >= 2)
+    assert (d / "dropped.step1.pt").exists()
+    assert service.post(f"/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
+    assert not list(d.glob("dropped*")) and not list(d.glob(".dropped*"))  # the snapshot went with the run

@@ -249,7 +249,7 @@ def test_pretrain_continues_from_a_weight_file_and_resumes_exactly(files, tmp_pa
                                  "tile": 64, "batch": 2, "steps": 2, "checkpoint_every": 1, "seed": 5,
                                  "init": str(init), **kw})
 
-    trainer = _build(params("x.pt"), 4, torch.device("cpu"), start=encoder_start(str(init), None, "resnet18"))
+    trainer = _build(params("x.pt"), 2, 4, torch.device("cpu"), start=encoder_start(str(init), None, "resnet18"))
     assert_loaded(trainer.method.model, files["s2"], 4)
     target = trainer.method.target_encoder.state_dict()  # BYOL's target starts as the same weights
     assert all(torch.equal(v, target[k]) for k, v in trainer.method.model.encoder.state_dict().items())

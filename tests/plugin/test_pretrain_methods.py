@@ -1,5 +1,6 @@
 """The panel's pretraining methods come from the real backend's registry: BYOL and MoCo v2 included,
-and RS-BYOL's band views go from the panel to the backend (and its refusal back to the message bar).
+and RS-BYOL's band views go from the panel to the backend (and its refusal back to the message bar);
+the measured-gain line quotes the real backend's table.
 
 Reuses test_flow.py's real service (``geossl serve`` from backend/.venv) and panel fixtures.
 """
@@ -29,6 +30,7 @@ def test_panel_lists_byol_and_moco_from_the_backend_and_pretrains_rs_byol(dock: 
     raster, _ = layers
     section.rasters.set_checked([raster])
     section.method.setCurrentText("byol")
+    section.duration.setCurrentText("Steps…")
     section.budget.spin.setValue(2)
     section.tile.setValue(64)
     section.batch.setValue(2)
@@ -46,3 +48,18 @@ def test_panel_lists_byol_and_moco_from_the_backend_and_pretrains_rs_byol(dock: 
     assert job["state"] == "succeeded", job.get("error")
     assert job["params"]["method"] == "byol" and job["params"]["view_bands"] == ["1", "3"]
     assert job["result"]["method"] == "byol" and Path(job["result"]["model"]).parent == data_dir / "models"
+
+
+def test_the_gain_line_quotes_what_the_real_backend_measured(dock: GeoSSLDock, layers: Any, qtbot: Any) -> None:
+    section = dock.pretrain_section
+    raster, _ = layers
+    section.rasters.set_checked([raster])  # 3 bands: the Dubai RGB figures
+    section.method.setCurrentText("glcnet")
+    section.duration.setCurrentText("30 min")
+    qtbot.waitUntil(lambda: "Not measured beyond" in section.gain_label.text(), timeout=10_000)
+    text = section.gain_label.toolTip()
+    # The shipped table: GLCNet − random init after 400 steps (5.25 min): −2.0 ± 5.3 Kappa points over 3 seeds.
+    assert text.startswith("Not measured beyond 5.25 min (GLCNet, Dubai RGB, 2-core CPU, 3 seeds): at 5.25 min it "
+                           "changed Kappa by −2.0 ± 5.3 points against no pretraining."), text
+    assert "did not pay off" in text and "color:#d07000" in section.gain_label.text()
+    assert section.params()["minutes"] == 30.0

@@ -94,8 +94,10 @@ class PretrainMethod(nn.Module):
         """ValueError for options that cannot work with this batch (job schemas call it at submit time)."""
 
     @classmethod
-    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int) -> dict[str, Any]:
-        """Options with data-dependent defaults filled in (``windows``: distinct tiles in the rasters)."""
+    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int,
+                        lr_schedule: str = "cosine") -> dict[str, Any]:
+        """Options with data-dependent defaults filled in (``windows``: distinct tiles in the rasters;
+        ``lr_schedule``: the loop's, for methods whose own schedules should follow it)."""
         return dict(options)
 
     def after_step(self, step: int, total: int) -> None:

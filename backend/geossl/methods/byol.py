@@ -3,7 +3,10 @@
 Online network: DeepLabV3+ encoder → global average pool → projector → predictor. Target network:
 an exponential moving average of the online encoder + projector (momentum rising from 0.996 to 1
 on a cosine schedule over the run, updated after every optimiser step, :meth:`after_step`), run
-without gradient. Loss: symmetric normalised MSE between each view's prediction and the other
+without gradient. Under the loop's constant learning rate (``--lr-schedule constant``) the momentum
+stays at 0.996 (``momentum_schedule`` follows the loop unless given): a cosine over the run's length
+would make step N of a long run differ from the end of an N-step run, and the constant schedule is
+there so that every snapshot is such an end. Loss: symmetric normalised MSE between each view's prediction and the other
 view's target projection; no negatives, so it trains at the small batches a single GPU allows
 (RS-BYOL used batch 32). Projector and predictor are Linear–BatchNorm–ReLU–Linear (4096 → 256 as in
 BYOL; RS-BYOL used a 256 hidden layer: ``hidden_dim=256``).
@@ -51,7 +54,21 @@ class BYOL(PretrainMethod):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"hidden_dim": 4096, "proj_dim": 256, "base_momentum": 0.996}
+        # momentum_schedule None: "constant" under the loop's constant learning rate, else "cosine".
+        return {"hidden_dim": 4096, "proj_dim": 256, "base_momentum": 0.996, "momentum_schedule": None}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], batch: int) -> None:
+        if options.get("momentum_schedule") not in (None, "cosine", "constant"):
+            raise ValueError(f"byol momentum_schedule must be cosine or constant, got {options['momentum_schedule']!r}")
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int,
+                        lr_schedule: str = "cosine") -> dict[str, Any]:
+        out = dict(options)
+        if out.get("momentum_schedule") is None:
+            out["momentum_schedule"] = "constant" if lr_schedule == "constant" else "cosine"
+        return out
 
     def __init__(self, model: DeepLabV3Plus, view_size: int, views: ViewBands | None = None, **options: Any) -> None:
         super().__init__(model, view_size, **options)
@@ -76,6 +93,7 @@ class BYOL(PretrainMethod):
         return loss, logs_to_floats(loss=loss)
 
     def after_step(self, step: int, total: int) -> None:
-        m = cosine_momentum(step, total, self.options["base_momentum"])
+        base = self.options["base_momentum"]
+        m = base if self.options["momentum_schedule"] == "constant" else cosine_momentum(step, total, base)
         ema_update(self.target_encoder, self.model.encoder, m)
         ema_update(self.target_projector, self.projector, m)

@@ -9,6 +9,10 @@ Queue and key encoder are buffers/parameters of the method: the resume state hol
 
 The queue size defaults to the data: min(65536, windows the run will see, distinct tiles in the
 rasters), a multiple of the batch — a queue longer than that only repeats ground as negatives.
+The momentum is fixed, so under the loop's constant schedule a snapshot at step N is the end of an
+N-step run, except that the default queue of a short run is capped by batch × N: snapshots of one
+long run then hold a longer queue than short runs would have (pass ``queue_size`` to make them
+identical; the queue is not part of the saved encoder).
 Views as in :mod:`geossl.views` (so RS-BYOL's band groups / paired rasters work here too), each
 augmented with :func:`geossl.augment.moco_v2_augment`.
 
@@ -73,7 +77,8 @@ class MoCo(PretrainMethod):
                              f"got {k!r}")
 
     @classmethod
-    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int) -> dict[str, Any]:
+    def resolve_options(cls, options: dict[str, Any], *, batch: int, total_steps: int, windows: int,
+                        lr_schedule: str = "cosine") -> dict[str, Any]:
         out = dict(options)
         if out.get("queue_size") is None:
             out["queue_size"] = default_queue_size(batch, total_steps, windows)

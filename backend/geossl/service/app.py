@@ -90,6 +90,19 @@ def create_app(manager: JobManager, registry: ModelRegistry, token: str,
             "device": device_status(),
         }
 
+    @app.get("/pretraining/gain", summary="What pretraining bought in our measurements, for a method and budget")
+    def pretraining_gain(method: str = Query(max_length=100),
+                         minutes: float | None = Query(None, gt=0, le=7 * 24 * 60),
+                         steps: int | None = Query(None, ge=1, le=10**9),
+                         bands: int | None = Query(None, ge=1, le=10_000)) -> dict[str, Any]:
+        """The measured gain (pretrained − random init Kappa) at the nearest measured budget at or below
+        the chosen one, on the measured imagery closest to ``bands`` (geossl.pretraining_gain)."""
+        from ..pretraining_gain import estimate_gain, load_gain_table
+
+        if (minutes is None) == (steps is None):
+            raise GeoSSLError("Give the pretraining budget as minutes or as steps.", "add ?minutes=30 or ?steps=1000.")
+        return estimate_gain(load_gain_table(), method, minutes=minutes, steps=steps, bands=bands)
+
     # --- jobs ------------------------------------------------------------------------------------
 
     @app.get("/jobs", summary="Jobs, newest first")

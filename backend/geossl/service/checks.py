@@ -12,6 +12,9 @@ code, its virtual environment or its data folder's internals.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,11 +51,20 @@ def job_inputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
     return [resolve(p) for f in INPUT_FIELDS.get(job_type, ()) for p in _paths(params.get(f))]
 
 
-def _pretrain_sidecars(out: str) -> list[Path]:
-    """The resume state and loss log that pretraining writes beside its checkpoint."""
-    from ..pretrain import log_path, state_path
+def _pretrain_sidecars(out: str, snapshot_steps: list[int] | None) -> list[Path]:
+    """The resume state, loss log and snapshots that pretraining writes beside its checkpoint.
 
-    return [state_path(out), log_path(out)]
+    Snapshots planned from minutes are known only once the run has measured its steps: those on
+    disk are listed too (a cancel removes the ones written since the job was created).
+    """
+    from ..pretrain import log_path, snapshot_path, state_path
+
+    paths = [state_path(out), log_path(out), *(snapshot_path(out, n) for n in snapshot_steps or [])]
+    stem = Path(out).stem
+    written = re.compile(re.escape(stem) + r"\.step\d+\.pt")
+    with contextlib.suppress(OSError, ValueError):
+        paths += [p for p in Path(out).parent.glob(glob.escape(stem) + ".step*.pt") if written.fullmatch(p.name)]
+    return paths
 
 
 def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
@@ -64,7 +76,7 @@ def job_outputs(job_type: str, params: Mapping[str, Any]) -> list[Path]:
         if params.get("vector"):  # polygons and their style
             paths += [params["vector"], Path(params["vector"]).with_suffix(".qml")]
     elif job_type == "pretrain" and out:
-        paths += _pretrain_sidecars(out)
+        paths += _pretrain_sidecars(out, params.get("snapshot_steps"))
     elif job_type == "finetune" and out:
         from ..finetune import state_path
 

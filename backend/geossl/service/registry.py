@@ -21,7 +21,7 @@ MODEL_JOBS = ("finetune", "pretrain")
 # Checkpoint metadata worth showing; weights, band statistics and per-epoch history stay out.
 SUMMARY_KEYS = ("kind", "created", "method", "method_options", "arch", "encoder", "in_channels", "num_classes",
                 "classes", "tile", "view_size", "steps", "seed", "best_epoch", "validation", "final_loss", "init",
-                "rasters", "config", "versions")
+                "rasters", "config", "versions", "snapshot", "plan", "schedule")
 
 
 def model_id(path: Path) -> str:
@@ -42,9 +42,11 @@ class ModelRegistry:
         """Existing model files → id of the job that wrote them (None for files dropped in models/)."""
         found: dict[Path, str | None] = {}
         for job in self.store.list(states=[SUCCEEDED], types=MODEL_JOBS, limit=100_000):
-            path = (job["result"] or {}).get("model")
-            if path and Path(path).is_file():
-                found.setdefault(Path(path).resolve(), job["id"])
+            result = job["result"] or {}
+            snapshots = [s.get("path") for s in result.get("snapshots") or [] if isinstance(s, dict)]
+            for path in (result.get("model"), *snapshots):  # a pretraining's snapshots are encoders too
+                if path and Path(path).is_file():
+                    found.setdefault(Path(path).resolve(), job["id"])
         if self.models_dir.is_dir():
             for p in sorted(self.models_dir.glob("*.pt")):
                 if p.is_file() and not p.name.endswith(".state.pt"):  # resume states are not models
