@@ -116,7 +116,7 @@ def _suggest(args: argparse.Namespace, progress) -> dict[str, Any]:
 
     params = SuggestParams(
         model=args.model, raster=args.raster, labels=args.labels, class_field=args.class_field, layer=args.layer,
-        out=args.out, k=args.k, window=args.window, spacing=args.spacing, measure=args.measure,
+        out=args.out, k=args.k, window=args.window, spacing=args.spacing, measure=args.measure, score=args.score,
         class_decay=args.class_decay, tile=args.tile, batch=args.batch, device=args.device, amp=not args.no_amp,
     )
     return run_suggest(params, progress)
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: twice the window)")
     sg.add_argument("--measure", choices=["margin", "entropy"], default="margin",
                     help="uncertainty: 1 - (p1 - p2), or normalised entropy (default margin)")
+    sg.add_argument("--score", choices=["drawable", "uncertainty"], default="drawable",
+                    help="rank by the uncertainty inside the class polygon a mapper can draw there (default "
+                    "drawable), or by the square's mean uncertainty (favours class edges)")
     sg.add_argument("--class-decay", type=float, default=0.5,
                     help="score factor per earlier pick of the same predicted class (1: no class diversity)")
     sg.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")

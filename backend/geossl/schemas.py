@@ -200,8 +200,12 @@ class SuggestParams(_Params):
     spacing: int | None = Field(None, ge=0, description="Minimum distance between centres in pixels "
                                 "(default: twice the window)")
     measure: Literal["margin", "entropy"] = "margin"
+    score: Literal["drawable", "uncertainty"] = Field(
+        "drawable", description="Rank by the uncertainty of the class polygon a mapper can draw in the square "
+        "(drawable), or by the square's mean uncertainty (uncertainty: favours class edges)")
     class_decay: float = Field(0.5, gt=0, le=1, description="Score factor per earlier pick of the same "
-                               "predicted class (1: no class diversity)")
+                               "class: the drawn one, or with score=uncertainty the most likely (1: no class "
+                               "diversity)")
     tile: int | None = Field(None, ge=32, le=4096, description="Default: the model's training tile")
     overlap: int | None = Field(None, ge=0, description="Default: a quarter of the tile")
     batch: int = Field(8, ge=1, le=1024)

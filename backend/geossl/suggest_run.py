@@ -3,7 +3,8 @@
 The raster is predicted with the same streaming tiles and blending as ``geossl predict`` (memory
 bounded by the tile size); each finished block's probabilities go into the coarse cell sums of
 :mod:`geossl.suggest`, with pixels that are nodata or under an existing polygon marked ineligible.
-The result is a GeoPackage layer of squares in the raster's CRS, ranked, with the reason.
+The result is a GeoPackage layer of squares in the raster's CRS, ranked, with the reason and the
+area the model expects a mapper to draw there (m² when the raster's pixel size in metres is known).
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from .errors import GeoSSLError
 from .labels import LabelPolygons, read_vector, value_names
 from .predict import check_model_bands, load_model, torch_predictor
 from .progress import Clock, ProgressCallback, null_progress
-from .raster_io import BandStats, RasterInfo, atomic_path, check_output_path, open_raster, raster_info
+from .raster_io import (
+    BandStats,
+    RasterInfo,
+    atomic_path,
+    check_output_path,
+    open_raster,
+    pixel_size_m,
+    raster_info,
+)
 from .schemas import SuggestParams
-from .suggest import CellSums, reason, select, window_candidates
+from .suggest import Candidates, CellSums, reason, score_class, select, window_candidates
 from .tiling import predict_stripes
 
 LAYER = "label here next"
@@ -89,12 +98,14 @@ def run_suggest(params: SuggestParams, progress: ProgressCallback = null_progres
                 eligible &= footprints.rasterize(block.window, eligible.shape) == IGNORE_INDEX
             sums.add(int(block.window.row_off), int(block.window.col_off), block.probabilities, eligible,
                      params.measure)
-    cands = window_candidates(sums, 4)
+    cands = window_candidates(sums, 4, params.score)
     if len(cands) == 0:
         raise GeoSSLError(f"No {params.window}×{params.window}-pixel window of '{Path(params.raster).name}' is free "
                           "of nodata and existing polygons.", "choose a smaller --window.")
-    picks = select(cands.centres, cands.score, cands.top1, params.k, cands.size, params.spacing, params.class_decay)
-    items = [_item(i, rank, cands, table, info) for rank, i in enumerate(picks, start=1)]
+    picks = select(cands.centres, cands.score, score_class(cands, params.score), params.k, cands.size,
+                   params.spacing, params.class_decay)
+    metres = pixel_size_m(info)
+    items = [_item(i, rank, cands, table, info, metres) for rank, i in enumerate(picks, start=1)]
     if len(items) < params.k:
         warnings.append(f"Only {len(items)} of {params.k} suggestions fit (windows must not overlap, nor lie closer "
                         "than the spacing).")
@@ -105,6 +116,7 @@ def run_suggest(params: SuggestParams, progress: ProgressCallback = null_progres
         "count": len(items),
         "items": items,
         "measure": params.measure,
+        "score": params.score,
         "window": params.window,
         "warnings": warnings,
         "device": str(device),
@@ -112,20 +124,30 @@ def run_suggest(params: SuggestParams, progress: ProgressCallback = null_progres
     }
 
 
-def _item(i: int, rank: int, c: Any, table: ClassTable, info: RasterInfo) -> dict[str, Any]:
+def _item(i: int, rank: int, c: Candidates, table: ClassTable, info: RasterInfo,
+          metres: float | None) -> dict[str, Any]:
+    """One suggestion; ``metres`` is the pixel size in metres (None: areas stay in pixels)."""
     a = info.affine
     r0, c0, s = int(c.row[i]), int(c.col[i]), c.size
     x0, y0 = a * (c0, r0)
     x1, y1 = a * (c0 + s, r0 + s)
+    px = int(c.drawable_px[i])
+    m2 = None if metres is None else round(px * metres * metres, 1)
+    drawn = int(c.drawable_class[i])
     return {
         "rank": rank,
         "score": round(float(c.score[i]), 4),
         "margin": round(float(c.margin[i]), 4),
-        "reason": reason(table.names, int(c.top1[i]), int(c.top2[i]), float(c.margin[i])),
+        "reason": reason(table.names, int(c.top1[i]), int(c.top2[i]), float(c.margin[i]),
+                         px if m2 is None else m2, drawn, "px" if m2 is None else "m²"),
         "class_1": table.names[int(c.top1[i])],
         "class_2": table.names[int(c.top2[i])],
         "p_1": round(float(c.p1[i]), 4),
         "p_2": round(float(c.p2[i]), 4),
+        "uncertainty": round(float(c.uncertainty[i]), 4),
+        "drawable_class": table.names[drawn],
+        "drawable_px": px,
+        "drawable_m2": m2,
         "row": r0, "col": c0, "size": s,
         "bounds": [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)],
         "centre": [(x0 + x1) / 2, (y0 + y1) / 2],
@@ -133,12 +155,16 @@ def _item(i: int, rank: int, c: Any, table: ClassTable, info: RasterInfo) -> dic
 
 
 def write_suggestions(out: Path, items: list[dict[str, Any]], info: RasterInfo) -> None:
-    """One polygon layer ``LAYER`` (squares in the raster's CRS) with rank, score and reason, atomically."""
+    """One polygon layer ``LAYER`` (squares in the raster's CRS) with rank, score, reason and the
+    expected drawable area, atomically (``drawable_m2`` is empty without a metric pixel size)."""
     geoms = [shapely.box(*it["bounds"]) for it in items]
-    cols = ("rank", "score", "margin", "reason", "class_1", "class_2", "p_1", "p_2")
+    cols = ("rank", "score", "margin", "reason", "class_1", "class_2", "p_1", "p_2", "drawable_class",
+            "drawable_px", "drawable_m2")
     data = [np.array([it[k] for it in items], dtype=object if isinstance(items[0][k], str) else None) for k in cols]
+    data[-1] = np.array([np.nan if it["drawable_m2"] is None else it["drawable_m2"] for it in items], np.float64)
     with atomic_path(out) as tmp, warnings.catch_warnings():  # a new GeoPackage replaces the old one whole
         warnings.filterwarnings("ignore", "The filename extension", RuntimeWarning)  # the temporary name
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)  # the raster has none either
         tmp.unlink()  # the driver creates the file itself
         pyogrio.raw.write(str(tmp), geometry=shapely.to_wkb(np.asarray(geoms, dtype=object)), field_data=data,
                           fields=list(cols), crs=info.crs, geometry_type="Polygon", driver="GPKG", layer=LAYER)

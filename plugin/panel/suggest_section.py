@@ -26,6 +26,7 @@ from qgis.core import (
     QgsVectorLayerSimpleLabeling,
 )
 from qgis.gui import QgsMapCanvas, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -46,6 +47,12 @@ from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, current_model, fill_model_combo, parse_models, select_model_path
 
 LAYER_NAME = "label here next"  # the GeoPackage layer the backend writes
+# SuggestParams.score: label, value, tooltip
+SCORES = (("where a polygon covers unsure ground", "drawable",
+           "Rank squares by the uncertainty inside the class polygon you can draw there (the model's main "
+           "class in the square): large unsure areas of one class first"),
+          ("most unsure squares", "uncertainty",
+           "Rank squares by the model's mean uncertainty: often class edges, where one polygon covers little"))
 OUTLINE = "#ff2d95"  # a colour no land-cover style uses: the squares stand out on any map
 
 
@@ -117,6 +124,12 @@ class SuggestSection(JobSection):
         self.window.setValue(64)
         self.window.setSuffix(" px")
         self.window.setToolTip("Side of each suggested square")
+        self.score = QComboBox(self)
+        self.score.setObjectName("geosslSuggestScore")
+        for i, (label, value, tip) in enumerate(SCORES):
+            self.score.addItem(label, value)
+            self.score.setItemData(i, tip, Qt.ToolTipRole)
+        self.score.setToolTip("How squares are ranked")
         self.run_button = self.make_run_button("Suggest where to label next", "geosslRunSuggest")
         self.table = QTableWidget(0, 3, self)
         self.table.setObjectName("geosslSuggestions")
@@ -146,6 +159,7 @@ class SuggestSection(JobSection):
         row.addWidget(self.count)
         row.addWidget(self.window)
         form.addRow("Suggestions", row)
+        form.addRow("Rank by", self.score)
         form.addRow(self.run_button)
         form.addRow(self.table)
         cont = QHBoxLayout()
@@ -197,7 +211,7 @@ class SuggestSection(JobSection):
         window = self.window.value() // 4 * 4
         out = Path(files[0]).with_name(f"{Path(files[0]).stem}_{safe_name(model.name)}_label_next.gpkg")
         params: dict[str, Any] = {"model": model.path, "raster": files[0], "out": str(out),
-                                  "k": self.count.value(), "window": window}
+                                  "k": self.count.value(), "window": window, "score": self.score.currentData()}
         polygons = self.polygons.currentLayer()
         if isinstance(polygons, QgsVectorLayer):
             field = self.class_field.currentField()

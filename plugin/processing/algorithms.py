@@ -436,12 +436,20 @@ class PretrainAlgorithm(GeoSSLAlgorithm):
         return {"OUTPUT": result.get("model") or self._params["out"]}
 
 
+# SCORE choices and the ``score`` each sends (SuggestParams)
+SUGGEST_SCORES = (("Uncertain ground a polygon can cover (drawable area)", "drawable"),
+                  ("Mean uncertainty of the square (favours class edges)", "uncertainty"))
+
+
 class SuggestAlgorithm(GeoSSLAlgorithm):
     KIND, NAME, TITLE = "suggest", "suggest", "Suggest where to label next"
     HELP = ("<p>The places a fine-tuned model is least sure about: K squares where its two most likely classes "
-            "are closest, spread apart and across predicted classes, never on nodata or on your polygons. Each "
-            "has a rank and the reason (e.g. <i>water vs road, margin 0.04</i>). Draw a polygon in each, then "
-            "continue training with <i>Fine-tune</i> and the model as <i>Continue from</i>.</p>")
+            "are closest, spread apart and across predicted classes, never on nodata or on your polygons. "
+            "<b>Rank by</b>: by default the uncertainty inside the polygon you can draw there (the model's main "
+            "class in the square), so large unsure areas of one class come before class edges; or the square's "
+            "mean uncertainty. Each has a rank, the reason (e.g. <i>water vs road, margin 0.04, ~1,800 m² "
+            "drawable as water</i>) and the expected drawable area. Draw a polygon in each, then continue "
+            "training with <i>Fine-tune</i> and the model as <i>Continue from</i>.</p>")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
@@ -452,6 +460,8 @@ class SuggestAlgorithm(GeoSSLAlgorithm):
                                                       optional=True))
         self.addParameter(_integer("K", "Number of suggestions", 10, 1))
         self.addParameter(_integer("WINDOW", "Square size (pixels, multiple of 4)", 64, 8))
+        self.addParameter(QgsProcessingParameterEnum("SCORE", "Rank by", [label for label, _ in SUGGEST_SCORES],
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Suggestions", "GeoPackage (*.gpkg)"))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Suggestions written"))
 
@@ -461,6 +471,7 @@ class SuggestAlgorithm(GeoSSLAlgorithm):
             "raster": _raster_file(self.parameterAsRasterLayer(parameters, "INPUT", context), "raster"),
             "k": self.parameterAsInt(parameters, "K", context),
             "window": self.parameterAsInt(parameters, "WINDOW", context),
+            "score": SUGGEST_SCORES[self.parameterAsEnum(parameters, "SCORE", context)][1],
             "out": self.parameterAsFileOutput(parameters, "OUTPUT", context),
         }
         if self.parameterAsVectorLayer(parameters, "POLYGONS", context) is not None:

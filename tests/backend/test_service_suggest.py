@@ -32,7 +32,15 @@ def test_suggest_job_writes_the_layer_and_returns_the_list(world):
     result = done["result"]
     assert result["count"] == 3 and [it["rank"] for it in result["items"]] == [1, 2, 3]
     assert all(" vs " in it["reason"] and len(it["bounds"]) == 4 for it in result["items"])
-    assert pyogrio.read_info(out, layer="label here next")["features"] == 3
+    assert result["score"] == "drawable"  # the default
+    for it in result["items"]:  # the model is untrained: the area, not where it lies, is checked
+        assert f"drawable as {it['drawable_class']}" in it["reason"]
+        assert it["drawable_m2"] == it["drawable_px"] * 100.0 and 0 < it["drawable_px"] <= 16 * 16
+    info = pyogrio.read_info(out, layer="label here next")
+    assert info["features"] == 3 and {"drawable_m2", "drawable_class"} <= set(info["fields"])
+    job = s.submit("suggest", {"model": str(world["model"]), "raster": str(world["raster"]), "k": 2, "window": 16,
+                               "score": "uncertainty", "out": str(d / "next_uncertainty.gpkg")})
+    assert s.wait_job(job["id"], ("succeeded",), timeout=300)["result"]["score"] == "uncertainty"
 
 
 def test_warm_start_job_continues_the_model(world):
@@ -52,6 +60,9 @@ def test_bad_suggest_and_warm_start_requests_are_422(world, tmp_path):
     r = s.post("/jobs/suggest", {"model": str(world["model"]), "raster": str(world["raster"]), "window": 512,
                                  "out": str(tmp_path / "s.gpkg")})
     assert r.status_code == 422 and "larger than the raster" in r.text
+    r = s.post("/jobs/suggest", {"model": str(world["model"]), "raster": str(world["raster"]), "score": "area",
+                                 "out": str(tmp_path / "s.gpkg")})
+    assert r.status_code == 422 and "score" in r.text
     r = s.post("/jobs/suggest", {"model": str(world["raster"]), "raster": str(world["raster"]),
                                  "out": str(tmp_path / "s.gpkg")})
     assert r.status_code == 422 and "cannot be loaded" in r.text

@@ -1,5 +1,6 @@
-"""Where to label next: the selection maths on planted probability fields, `geossl suggest` end to end,
-and warm-start fine-tuning (`--init-model`) resuming from the given weights."""
+"""Where to label next: the selection maths on planted probability fields, `geossl suggest` end to end on
+probabilities planted through the real CLI and raster I/O, and warm-start fine-tuning (`--init-model`)
+resuming from the given weights."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from geossl.suggest import (
     box_sums,
     normalised_entropy,
     reason,
+    score_class,
     select,
     top2_margin,
     window_candidates,
@@ -39,14 +41,23 @@ def plant(prob: np.ndarray, rows: slice, cols: slice, p: tuple[float, ...]) -> N
     prob[:, rows, cols] = np.asarray(p, np.float32)[:, None, None]
 
 
-def candidates(prob: np.ndarray, eligible: np.ndarray, window: int, blocks: int = 1, measure: str = "margin"):
+def candidates(prob: np.ndarray, eligible: np.ndarray, window: int, blocks: int = 1, measure: str = "margin",
+               score: str = "drawable"):
     """Cell sums fed in ``blocks`` horizontal strips of uneven height (as tiled prediction does)."""
     k, h, w = prob.shape
     sums = CellSums.empty(h, w, window // 4, k)
     cuts = [0, *sorted({int(h * f) for f in np.linspace(0, 1, blocks + 1)[1:-1] + 0.037}), h]
     for r0, r1 in itertools.pairwise(cuts):
         sums.add(r0, 0, prob[:, r0:r1], eligible[r0:r1], measure)
-    return window_candidates(sums, 4)
+    return window_candidates(sums, 4, score)
+
+
+def at(c, row: int, col: int) -> int:
+    """Index of the candidate window whose top-left pixel is (row, col)."""
+    return int(np.flatnonzero((c.row == row) & (c.col == col))[0])
+
+
+SCORES = pytest.mark.parametrize("score", ["drawable", "uncertainty"])
 
 
 def test_margin_and_entropy_known_answers():
@@ -55,6 +66,10 @@ def test_margin_and_entropy_known_answers():
     ent = normalised_entropy(p)
     assert ent[2] == pytest.approx(1.0, abs=1e-5) and ent[1] < ent[0] < 1.0
     assert reason(("water", "road", "roof"), 0, 1, 0.04) == "water vs road, margin 0.04"
+    names = ("water", "road", "roof")
+    assert reason(names, 0, 1, 0.04, 1834.0, 0) == "water vs road, margin 0.04, ~1,800 m² drawable as water"
+    assert reason(names, 2, 1, 0.5, 25_600.0, 1) == "roof vs road, margin 0.50, ~26,000 m² drawable as road"
+    assert reason(names, 0, 1, 0.04, 12.4, 2, "px") == "water vs road, margin 0.04, ~12 px drawable as roof"
 
 
 def test_box_sums_match_brute_force():
@@ -71,15 +86,58 @@ def test_block_by_block_sums_equal_whole_raster():
     a, b = candidates(prob, eligible, 16, blocks=1), candidates(prob, eligible, 16, blocks=5)
     np.testing.assert_array_equal(a.row, b.row)
     np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
+    np.testing.assert_allclose(a.uncertainty, b.uncertainty, rtol=1e-5)
     np.testing.assert_array_equal(a.top1, b.top1)
+    np.testing.assert_array_equal(a.drawable_class, b.drawable_class)
+    np.testing.assert_array_equal(a.drawable_px, b.drawable_px)
 
 
-def test_planted_uncertain_region_ranks_first():
+def test_drawable_counts_match_brute_force():
+    """Per window: the model map's most frequent class, its pixels, and their summed uncertainty / N."""
+    rng = np.random.default_rng(2)
+    prob = rng.dirichlet(np.ones(3), size=(48, 40)).transpose(2, 0, 1).astype(np.float32)
+    c = candidates(prob, np.ones((48, 40), bool), 16, blocks=3)
+    pred, unc = prob.argmax(0), 1.0 - top2_margin(prob)
+    for i in range(len(c)):
+        win = (slice(c.row[i], c.row[i] + 16), slice(c.col[i], c.col[i] + 16))
+        counts = np.bincount(pred[win].ravel(), minlength=3)
+        drawn = int(counts.argmax())
+        assert (c.drawable_class[i], c.drawable_px[i]) == (drawn, counts[drawn])
+        assert c.score[i] == pytest.approx(unc[win][pred[win] == drawn].sum() / 256, rel=1e-5)
+        assert c.uncertainty[i] == pytest.approx(unc[win].mean(), rel=1e-5)
+
+
+def test_drawable_prefers_one_large_uncertain_class_over_many_small_regions():
+    """Two 32-px squares with the same mean uncertainty (every pixel 0.55 vs 0.45): one the model sees as
+    a single class, one split into 8-px patches of three classes. Ranked by uncertainty they tie; by what
+    a mapper can draw (the majority class only), the single-class one is worth 1 / (6/16) times more."""
+    prob = confident_field()
+    plant(prob, slice(80, 112), slice(16, 48), (0.55, 0.45, 0.0))  # one class, left half (class 0 ground)
+    for i, j in itertools.product(range(4), range(4)):  # 16 patches cycling classes 0, 1, 2: 6/5/5 patches
+        top = (4 * i + j) % 3
+        p = np.zeros(3)
+        p[top], p[(top + 1) % 3] = 0.55, 0.45
+        plant(prob, slice(16 + 8 * i, 24 + 8 * i), slice(80 + 8 * j, 88 + 8 * j), tuple(p))
+    eligible = np.ones(prob.shape[1:], bool)
+    old = candidates(prob, eligible, 32, score="uncertainty")
+    one, split = at(old, 80, 16), at(old, 16, 80)
+    assert old.score[one] == pytest.approx(0.9, abs=1e-5) and old.score[split] == pytest.approx(0.9, abs=1e-5)
+    c = candidates(prob, eligible, 32, blocks=3)
+    assert c.score[one] == pytest.approx(0.9, abs=1e-5)  # all drawable: same as the mean uncertainty
+    assert (c.drawable_class[one], c.drawable_px[one]) == (0, 32 * 32)
+    assert c.score[split] == pytest.approx(0.9 * 6 / 16, abs=1e-5)  # only class 0's six patches get drawn
+    assert (c.drawable_class[split], c.drawable_px[split]) == (0, 6 * 64)
+    picks = select(c.centres, c.score, score_class(c, "drawable"), 2, c.size)
+    assert picks[0] == one and c.score[picks[1]] < c.score[one]
+
+
+@SCORES
+def test_planted_uncertain_region_ranks_first(score):
     prob = confident_field()
     plant(prob, slice(80, 112), slice(16, 48), (0.5, 0.48, 0.02))  # a coin toss between classes 0 and 1
     plant(prob, slice(16, 48), slice(80, 112), (0.3, 0.6, 0.1))  # unsure, less so
-    c = candidates(prob, np.ones(prob.shape[1:], bool), 32, blocks=3)
-    picks = select(c.centres, c.score, c.top1, 5, c.size)
+    c = candidates(prob, np.ones(prob.shape[1:], bool), 32, blocks=3, score=score)
+    picks = select(c.centres, c.score, score_class(c, score), 5, c.size)
     first, second = picks[0], picks[1]
     assert (c.row[first], c.col[first]) == (80, 16)
     assert c.margin[first] == pytest.approx(0.02, abs=1e-4) and (c.top1[first], c.top2[first]) == (0, 1)
@@ -88,7 +146,10 @@ def test_planted_uncertain_region_ranks_first():
     assert c.score[picks].tolist() == sorted(c.score[picks].tolist(), reverse=True)  # ranked
 
 
-def test_never_on_labelled_or_nodata_ground():
+@SCORES
+def test_never_on_labelled_or_nodata_ground(score):
+    """The decoys are single-class (all drawable) and the most uncertain: the best windows under either
+    score, were they eligible."""
     prob = confident_field()
     plant(prob, slice(0, 48), slice(0, 48), (0.4, 0.4, 0.2))  # most uncertain, but labelled
     plant(prob, slice(80, 128), slice(80, 128), (0.34, 0.33, 0.33))  # as uncertain, but nodata
@@ -96,19 +157,22 @@ def test_never_on_labelled_or_nodata_ground():
     eligible = np.ones(prob.shape[1:], bool)
     eligible[4:44, 4:44] = False  # a polygon
     eligible[90:128, 90:128] = False  # nodata
-    c = candidates(prob, eligible, 32, blocks=2)
-    picks = select(c.centres, c.score, c.top1, 8, c.size, spacing=0)
+    c = candidates(prob, eligible, 32, blocks=2, score=score)
+    picks = select(c.centres, c.score, score_class(c, score), 8, c.size, spacing=0)
     assert (c.row[picks[0]], c.col[picks[0]]) == (80, 0)
     for i in picks:
         assert eligible[c.row[i]:c.row[i] + 32, c.col[i]:c.col[i] + 32].all()
 
 
-def test_suggestions_are_distinct_non_overlapping_and_spread():
+@SCORES
+def test_suggestions_are_distinct_non_overlapping_and_spread(score):
     rng = np.random.default_rng(3)
     prob = rng.dirichlet(np.ones(3), size=(160, 160)).transpose(2, 0, 1).astype(np.float32)
-    c = candidates(prob, np.ones((160, 160), bool), 16)
-    picks = select(c.centres, c.score, c.top1, 12, c.size, spacing=40)
-    assert len(picks) == len(set(picks)) == 12
+    c = candidates(prob, np.ones((160, 160), bool), 16, score=score)
+    picks = select(c.centres, c.score, score_class(c, score), 12, c.size, spacing=40)
+    # how many fit depends on where the greedy picks fall (11 or 12 here); at least 5 always do: each pick
+    # blocks the centres in a disc of radius 40, and 4 such discs cannot cover the 144² square of centres
+    assert len(picks) == len(set(picks)) >= 5
     boxes = [shapely.box(c.col[i], c.row[i], c.col[i] + 16, c.row[i] + 16) for i in picks]
     for a, b in itertools.combinations(range(len(picks)), 2):
         assert boxes[a].intersection(boxes[b]).area == 0
@@ -180,33 +244,139 @@ def trained(tmp_path_factory):
     return {"dir": d, "raster": raster, "labels": labels, "model": d / "m.pt"}
 
 
-def test_cli_suggest_writes_a_ranked_layer_off_labels_and_nodata(trained, capsys):
-    d = trained["dir"]
-    out = d / "next.gpkg"
-    code, stdout, _ = geossl(capsys, "suggest", "--model", trained["model"], "--raster", trained["raster"],
-                             "--labels", trained["labels"], "--class-field", "class", "-k", "5", "--window", "16",
-                             "--out", out, "--json")
-    assert code == 0, stdout
-    result = json.loads(stdout)
-    assert result["count"] == 5 and result["layer"] == "label here next"
-    assert pyogrio.list_layers(out)[:, 0].tolist() == ["label here next"]
+# The planted scene (128² px of 10 m, rows × cols): "dark" sure on the left half, "bright" on the right;
+# a coin toss under a polygon (never to be suggested); nodata bottom-right; two unsure patches on free
+# ground with known answers:
+PLANT_ONE = (64, 96, 36, 60)  # p(dark) 0.55 everywhere: uncertainty 0.9, all of it drawable as dark
+PLANT_SPLIT = (24, 56, 68, 92)  # 4-px checkerboard of p(dark) 0.52 / 0.48: uncertainty 0.96, half drawable
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A raster whose band 1 *is* p(dark) × 1000 (band 2 and 3 constant), an untrained model file with
+    identity band statistics, and the polygons of ``two_class_polygons``."""
+    from geossl.checkpoint import save_checkpoint
+    from geossl.classes import ClassTable
+    from geossl.models import build_model
+
+    d = tmp_path_factory.mktemp("planted")
+    dark = np.where(np.arange(128)[None, :] < 64, 0.95, 0.05) * np.ones((128, 1))
+    dark[8:56, 8:28] = 0.5  # the most uncertain ground, all under a polygon (cols 4–32, rows 4–60)
+    r0, r1, c0, c1 = PLANT_ONE
+    dark[r0:r1, c0:c1] = 0.55
+    r0, r1, c0, c1 = PLANT_SPLIT
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    dark[r0:r1, c0:c1] = np.where(((rr - r0) // 4 + (cc - c0) // 4) % 2, 0.48, 0.52)
+    data = np.stack([np.rint(dark * 1000), np.full_like(dark, 500), np.full_like(dark, 500)]).astype("uint16")
+    data[:, 112:, 112:] = 0  # nodata
+    raster = write_raster(d / "planted.tif", data, nodata=0)
+    labels = two_class_polygons(d / "labels.gpkg", w=128, h=128)
+    table = ClassTable.from_field_values(["dark", "bright"])
+    identity = {"low": [-1e9] * 3, "high": [1e9] * 3, "mean": [0.0] * 3, "std": [1.0] * 3}
+    model = save_checkpoint(d / "m.pt", "segmentation", build_model("resnet18", 3, 2).state_dict(),
+                            arch="DeepLabV3Plus", encoder="resnet18", in_channels=3, num_classes=2,
+                            classes=table.to_dict(), band_stats=identity, tile=32, seed=0)
+    return {"raster": raster, "labels": labels, "model": model, "names": table.names, "dir": d}
+
+
+@pytest.fixture
+def planted_predictor(monkeypatch, planted):
+    """The network replaced by a pixel-wise read-out of band 1 (everything else — CLI, model file, tiled
+    reading, nodata, blending, the layer — is the real path): suggestions with known answers."""
+    import geossl.suggest_run
+
+    k = planted["names"].index("dark")
+
+    def predictor(_model, _device, _amp):
+        def predict(tiles: np.ndarray) -> np.ndarray:
+            dark = np.clip(tiles[:, 0] / 1000.0, 0.0, 1.0).astype(np.float32)
+            return np.stack([dark, 1 - dark] if k == 0 else [1 - dark, dark], axis=1)
+        return predict
+
+    monkeypatch.setattr(geossl.suggest_run, "torch_predictor", predictor)
+
+
+def plant_box(rows_cols: tuple[int, int, int, int]):
+    r0, r1, c0, c1 = rows_cols
+    return pixel_box(c0, r0, c1, r1)
+
+
+def suggest_layer(out):
     meta, _, wkb, fields = pyogrio.raw.read(out, layer="label here next")
-    assert pyogrio.read_info(out)["crs"] == "EPSG:32633"
-    cols = dict(zip(meta["fields"], fields, strict=True))
-    assert cols["rank"].tolist() == [1, 2, 3, 4, 5]
-    assert all(" vs " in r and "margin" in r for r in cols["reason"])
-    assert cols["score"][0] == max(cols["score"])  # later ranks also weigh class diversity
-    boxes = shapely.from_wkb(wkb)
-    assert all(b.area == pytest.approx(160.0 ** 2) for b in boxes)  # 16 px of 10 m
-    polygons = shapely.from_wkb(pyogrio.raw.read(trained["labels"])[2])
+    return dict(zip(meta["fields"], fields, strict=True)), shapely.from_wkb(wkb)
+
+
+def assert_off_labels_and_nodata(boxes, labels) -> None:
+    polygons = shapely.from_wkb(pyogrio.raw.read(labels)[2])
     nodata = pixel_box(112, 112, 128, 128)
     for b in boxes:
         assert not any(b.intersection(p).area > 0 for p in polygons)
         assert b.intersection(nodata).area == 0
     for a, b in itertools.combinations(boxes, 2):
         assert a.intersection(b).area == 0
-    # the mixed patch the polygons never showed is where the model hesitates most
-    assert boxes[0].intersection(pixel_box(72, 8, 40 + 8, 104)).area > 0, result["items"][0]
+
+
+def test_cli_suggest_writes_a_ranked_layer_off_labels_and_nodata(planted, planted_predictor, capsys):
+    """Default score (drawable): the top square lies inside the single-class unsure patch, with its
+    drawable area (256 px of 100 m²) in the fields and the reason, never on polygons or nodata."""
+    out = planted["dir"] / "next.gpkg"
+    code, stdout, _ = geossl(capsys, "suggest", "--model", planted["model"], "--raster", planted["raster"],
+                             "--labels", planted["labels"], "--class-field", "class", "-k", "5", "--window", "16",
+                             "--out", out, "--json")
+    assert code == 0, stdout
+    result = json.loads(stdout)
+    assert result["count"] == 5 and result["layer"] == "label here next" and result["score"] == "drawable"
+    assert pyogrio.list_layers(out)[:, 0].tolist() == ["label here next"]
+    assert pyogrio.read_info(out)["crs"] == "EPSG:32633"
+    cols, boxes = suggest_layer(out)
+    assert cols["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert cols["score"][0] == max(cols["score"])  # later ranks also weigh class diversity
+    assert all(b.area == pytest.approx(160.0 ** 2) for b in boxes)  # 16 px of 10 m
+    assert_off_labels_and_nodata(boxes, planted["labels"])
+    assert plant_box(PLANT_ONE).contains(boxes[0]), result["items"][0]
+    top = result["items"][0]
+    assert top["score"] == pytest.approx(0.9, abs=1e-3) and top["uncertainty"] == pytest.approx(0.9, abs=1e-3)
+    assert (top["drawable_class"], top["drawable_px"], top["drawable_m2"]) == ("dark", 256, 25_600.0)
+    assert top["reason"] == "dark vs bright, margin 0.10, ~26,000 m² drawable as dark"
+    assert cols["reason"][0] == top["reason"] and cols["drawable_class"][0] == "dark"
+    assert cols["drawable_px"].tolist() == [it["drawable_px"] for it in result["items"]]
+    assert cols["drawable_m2"].tolist() == [it["drawable_px"] * 100.0 for it in result["items"]]
+
+
+def test_cli_suggest_by_uncertainty_prefers_the_split_patch(planted, planted_predictor, capsys):
+    """``--score uncertainty`` (the old ranking): the checkerboard is more uncertain (0.96 > 0.9) though a
+    mapper could draw only half of it, so it comes first; the drawable area still says so."""
+    out = planted["dir"] / "next_uncertainty.gpkg"
+    code, stdout, _ = geossl(capsys, "suggest", "--model", planted["model"], "--raster", planted["raster"],
+                             "--labels", planted["labels"], "--class-field", "class", "-k", "3", "--window", "16",
+                             "--score", "uncertainty", "--out", out, "--json")
+    assert code == 0, stdout
+    result = json.loads(stdout)
+    assert result["score"] == "uncertainty" and result["count"] == 3
+    cols, boxes = suggest_layer(out)
+    assert_off_labels_and_nodata(boxes, planted["labels"])
+    assert plant_box(PLANT_SPLIT).contains(boxes[0]), result["items"][0]
+    top = result["items"][0]
+    assert top["score"] == pytest.approx(0.96, abs=1e-3) and top["drawable_px"] == 128
+    assert top["reason"].endswith("~13,000 m² drawable as " + top["drawable_class"])
+
+
+def test_cli_suggest_without_a_crs_gives_the_area_in_pixels(planted, planted_predictor, capsys, tmp_path):
+    import rasterio
+
+    with rasterio.open(planted["raster"]) as src:
+        data = src.read()
+    data[0, 8:56, 8:28] = 950  # no polygons here: the coin-toss decoy goes, the single-class patch leads
+    raster = write_raster(tmp_path / "nocrs.tif", data, crs=None, nodata=0)
+    out = tmp_path / "next.gpkg"
+    code, stdout, _ = geossl(capsys, "suggest", "--model", planted["model"], "--raster", raster, "-k", "1",
+                             "--window", "16", "--out", out, "--json")
+    assert code == 0, stdout
+    top = json.loads(stdout)["items"][0]
+    assert top["drawable_m2"] is None and top["drawable_px"] == 256
+    assert top["reason"] == "dark vs bright, margin 0.10, ~260 px drawable as dark"
+    cols, _ = suggest_layer(out)
+    assert cols["drawable_px"].tolist() == [256] and np.isnan(cols["drawable_m2"][0])
 
 
 def test_cli_suggest_refuses_bad_input_without_output(trained, capsys, tmp_path):
@@ -298,3 +468,50 @@ def test_benchmark_mapper_draws_one_single_class_square_per_window():
     square = (slice(r, r + side), slice(c, c + side))
     assert (ref[square] == 2).all() and not used[square].any() and c + side <= 25
     assert largest_square(np.zeros((40, 40), np.uint8), used, 0, 0, 32, 6) is None  # unlabelled ground
+
+
+def test_benchmark_polygon_mapper_traces_exactly_the_majority_class_pixels():
+    """``--mapper polygon``: every unlabelled pixel of the window's majority class, in its 4-connected
+    regions of at least ``min_pixels`` (a 2-px speck is left out), as polygons that rasterise back to
+    exactly those pixels; nothing of other classes, unlabelled (0) ground or used pixels."""
+    from rasterio import features
+    from rasterio.transform import from_origin
+
+    from tests.bench.bench_suggest import majority_region, region_polygons
+
+    ref = np.zeros((40, 40), np.uint8)  # the window is rows/cols 4..35; class 1 is its background
+    ref[4:36, 4:36] = 1
+    ref[0:4, 4:36] = 3  # class 3 outside the window, touching region a: the mapper stays in the square
+    ref[4:18, 4:36] = 3  # region a, 14 × 32 px, with a 2 × 2 hole of class 1
+    ref[9:11, 12:14] = 1
+    ref[20:36, 4:12] = 3  # region b, 16 × 8
+    ref[20:36, 12:14] = 0  # unlabelled strip beside it
+    ref[30, 15:17] = 3  # a 2-px speck, surrounded by class 1
+    ref[20:36, 20:36] = 3  # region c, 16 × 16, its top 7 rows already labelled
+    used = np.zeros_like(ref, bool)
+    used[20:27, 20:36] = True
+    win = (slice(4, 36), slice(4, 36))
+    free_majority = (ref == 3) & ~used
+    assert np.bincount(ref[win][(ref[win] > 0) & ~used[win]]).tolist() == [0, 162, 0, 718]  # class 3 leads
+
+    mask, value = majority_region(ref, used, 4, 4, 32, min_pixels=36)
+    assert value == 3 and mask.shape == (32, 32)
+    expected = free_majority[win].copy()
+    expected[30 - 4, 15 - 4:17 - 4] = False  # the speck
+    np.testing.assert_array_equal(mask, expected)
+    everything, _ = majority_region(ref, used, 4, 4, 32, min_pixels=1)
+    np.testing.assert_array_equal(everything, free_majority[win])  # no size limit: all of the class
+
+    origin = (500_000.0, 5_000_000.0)
+    polygons = region_polygons(mask, 4, 4, origin, pixel=0.5)
+    assert len(polygons) == 3 and all(p.is_valid for p in polygons)  # regions a, b and the free part of c
+    assert sum(len(p.interiors) for p in polygons) == 1  # the hole in region a
+    back = features.rasterize(((p, 1) for p in polygons), out_shape=ref.shape, dtype=np.uint8,
+                              transform=from_origin(*origin, 0.5, 0.5))
+    np.testing.assert_array_equal(back.astype(bool)[win], mask)
+    assert not back[:4].any() and not back[:, :4].any() and not back[36:].any() and not back[:, 36:].any()
+    assert sum(p.area for p in polygons) == pytest.approx(mask.sum() * 0.25)
+    assert majority_region(np.zeros((40, 40), np.uint8), used, 0, 0, 32, 36) is None  # unlabelled ground
+    speck = np.zeros((40, 40), np.uint8)
+    speck[5, 5] = 2
+    assert majority_region(speck, used, 0, 0, 32, 36) is None  # only a speck: a wasted window

@@ -1,14 +1,20 @@
-"""Where to label next on the Dubai tiles: K suggested rectangles per round vs K random ones, same budget.
+"""Where to label next on the Dubai tiles: K suggested windows per round vs K random ones, same budget.
 
 A simulated mapper starts from the few-label polygons of ``fewlabel.py`` (squares inside single-class
 areas, ~``--label-share`` of the labelled pixels) and a model fine-tuned on them. Each round they get K
-windows — from ``geossl suggest`` (pooled over the images, class diversity across the pool) or placed
-at random on unlabelled ground — and in each window draw one rectangle: the largest square of the
-window's majority class in the dense mask (a window with no such square of ``--min-side`` pixels is a
-wasted suggestion: the budget is K windows, not K polygons). The model then continues training from
-the previous round (``init_model``, warm start) for ``--round-steps`` steps. Kappa is measured after
-every round on the labelled pixels the strategy has not labelled. Both strategies start from the same
-round-0 model. Results: bench/results/suggest.{md,json}.
+windows — from ``geossl suggest`` (pooled over the images, class diversity across the pool; ranked by
+``--score``) or placed at random on unlabelled ground — and label each one from the dense mask:
+
+- ``--mapper polygon`` (default): they trace the window's majority class as it is inside the square,
+  one polygon per 4-connected region of that class, every region of at least ``--min-side``² pixels
+  (a person digitising a square outlines each patch of the class they see, not specks);
+- ``--mapper square``: one rectangle, the largest square of the window's majority class.
+
+A window that yields nothing (no region, or no square of ``--min-side`` pixels) is a wasted
+suggestion: the budget is K windows, not K polygons. Both strategies use the same mapper. The model
+then continues training from the previous round (``init_model``, warm start) for ``--round-steps``
+steps. Kappa is measured after every round on the labelled pixels the strategy has not labelled.
+Both strategies start from the same round-0 model. Results: bench/results/suggest.{md,json}.
 
     backend/.venv/bin/python tests/bench/bench_suggest.py --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
 """
@@ -41,6 +47,8 @@ from tests.bench.fewlabel import evaluate  # noqa: E402
 from tests.data import SHARED_DATA  # noqa: E402
 
 STRATEGIES = ("suggest", "random")
+MAPPERS = {"polygon": "the majority class's regions traced in each window from the dense mask",
+           "square": "one square of the majority class per window from the dense mask"}
 
 
 def largest_square(ref: np.ndarray, used: np.ndarray, r0: int, c0: int, size: int,
@@ -68,22 +76,67 @@ def largest_square(ref: np.ndarray, used: np.ndarray, r0: int, c0: int, size: in
     return None
 
 
-def label_windows(scenes, used, windows, size: int, min_side: int) -> tuple[list, list[str], int]:
-    """The simulated mapper: one rectangle per window, from the dense mask; marks its pixels used."""
+def majority_region(ref: np.ndarray, used: np.ndarray, r0: int, c0: int, size: int,
+                    min_pixels: int) -> tuple[np.ndarray, int] | None:
+    """(mask, value): what the polygon mapper traces in the window at (r0, c0) — the unused pixels of
+    the window's majority class, kept where their 4-connected region inside the window has at least
+    ``min_pixels`` pixels; ``mask`` is window-sized. None when nothing is left to trace."""
+    from scipy import ndimage
+
+    win = ref[r0:r0 + size, c0:c0 + size]
+    free = ~used[r0:r0 + size, c0:c0 + size]
+    values = win[(win > 0) & free]
+    if values.size == 0:
+        return None
+    value = int(np.bincount(values).argmax())
+    regions, _ = ndimage.label((win == value) & free)  # default structure: 4-connectivity
+    keep = np.bincount(regions.ravel()) >= min_pixels
+    keep[0] = False  # background
+    mask = keep[regions]
+    return (mask, value) if mask.any() else None
+
+
+def region_polygons(mask: np.ndarray, r0: int, c0: int, origin: tuple[float, float],
+                    pixel: float = dubai.PIXEL) -> list:
+    """One shapely polygon (holes included) per 4-connected region of ``mask``, on pixel edges, so that
+    rasterising them (pixel centres, as fine-tuning does) gives back exactly the mask's pixels."""
+    import shapely.geometry
+    from rasterio import features
+    from rasterio.transform import from_origin
+
+    tf = from_origin(origin[0] + c0 * pixel, origin[1] - r0 * pixel, pixel, pixel)
+    shapes = features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=tf)
+    return [shapely.geometry.shape(g) for g, _ in shapes]
+
+
+def label_windows(scenes, used, windows, size: int, min_side: int,
+                  mapper: str = "polygon") -> tuple[list, list[str], int]:
+    """The simulated mapper: per window, the majority class's regions (``polygon``) or its largest
+    square (``square``), from the dense mask; marks the labelled pixels used."""
     geoms, names, wasted = [], [], 0
     import shapely
 
     for k, r0, c0 in windows:
-        sq = largest_square(scenes[k].reference, used[k], r0, c0, size, min_side)
-        if sq is None:
-            wasted += 1
-            continue
-        r, c, side, value = sq
         x0, y0 = scenes[k].origin
-        geoms.append(shapely.box(x0 + c * dubai.PIXEL, y0 - (r + side) * dubai.PIXEL, x0 + (c + side) * dubai.PIXEL,
-                                 y0 - r * dubai.PIXEL))
-        names.append(dubai.NAMES[value - 1])
-        used[k][r:r + side, c:c + side] = True
+        if mapper == "polygon":
+            traced = majority_region(scenes[k].reference, used[k], r0, c0, size, min_side * min_side)
+            if traced is None:
+                wasted += 1
+                continue
+            mask, value = traced
+            new = region_polygons(mask, r0, c0, scenes[k].origin)
+            used[k][r0:r0 + size, c0:c0 + size] |= mask
+        else:
+            sq = largest_square(scenes[k].reference, used[k], r0, c0, size, min_side)
+            if sq is None:
+                wasted += 1
+                continue
+            r, c, side, value = sq
+            new = [shapely.box(x0 + c * dubai.PIXEL, y0 - (r + side) * dubai.PIXEL, x0 + (c + side) * dubai.PIXEL,
+                               y0 - r * dubai.PIXEL)]
+            used[k][r:r + side, c:c + side] = True
+        geoms += new
+        names += [dubai.NAMES[value - 1]] * len(new)
     return geoms, names, wasted
 
 
@@ -95,8 +148,9 @@ def suggested_windows(scenes, model: Path, gpkg: Path, work: Path, args) -> list
         out = work / f"suggest_{k}.gpkg"
         result = run_suggest(SuggestParams(model=str(model), raster=str(s.image), labels=str(gpkg),
                                            class_field="class", out=str(out), k=args.k, window=args.window,
-                                           batch=args.batch))
-        pool += [(it["score"], it["class_1"], k, it["row"], it["col"]) for it in result["items"]]
+                                           score=args.score, batch=args.batch))
+        klass = "drawable_class" if args.score == "drawable" else "class_1"  # as suggest.score_class
+        pool += [(it["score"], it[klass], k, it["row"], it["col"]) for it in result["items"]]
     chosen, eff = [], {i: p[0] for i, p in enumerate(pool)}
     while len(chosen) < args.k and eff:
         i = max(eff, key=eff.get)
@@ -165,7 +219,7 @@ def run_seed(scenes, seed: int, work: Path, args) -> dict[str, list[dict]]:
             windows = (suggested_windows(scenes, model, gpkg, work, args) if strategy == "suggest"
                        else random_windows(scenes, used, rng, args))
             pick_s = time.perf_counter() - t
-            new_g, new_n, wasted = label_windows(scenes, used, windows, args.window, args.min_side)
+            new_g, new_n, wasted = label_windows(scenes, used, windows, args.window, args.min_side, args.mapper)
             g, n = g + new_g, n + new_n
             gpkg = dubai.write_gpkg(work / f"labels_{seed}_{strategy}_r{r}.gpkg", g, n)
             nxt = work / f"model_{seed}_{strategy}_r{r}.pt"
@@ -175,7 +229,7 @@ def run_seed(scenes, seed: int, work: Path, args) -> dict[str, list[dict]]:
             rows.append({"round": r, "kappa": m["kappa"], "oa": m["overall_accuracy"], "miou": m["miou"],
                          "polygons": len(g), "labelled_pixels": int(sum(u.sum() for u in used)),
                          "wasted": wasted, "pick_seconds": round(pick_s, 1), "train_seconds": round(secs, 1)})
-            print(f"seed {seed} {strategy} round {r}: kappa {m['kappa']:.3f} (+{len(new_g)} rectangles, "
+            print(f"seed {seed} {strategy} round {r}: kappa {m['kappa']:.3f} (+{len(new_g)} polygons, "
                   f"{wasted} wasted)", flush=True)
         runs[strategy] = rows
     return runs
@@ -206,7 +260,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=10, help="windows per round")
     ap.add_argument("--window", type=int, default=64, help="window side in pixels (multiple of 4)")
-    ap.add_argument("--min-side", type=int, default=6, help="smallest rectangle the mapper draws")
+    ap.add_argument("--min-side", type=int, default=6, help="smallest square the mapper draws (square), or "
+                    "smallest region, as side² pixels (polygon)")
+    ap.add_argument("--mapper", choices=["polygon", "square"], default="polygon",
+                    help="trace the majority class's regions in each window, or draw its largest square")
+    ap.add_argument("--score", choices=["drawable", "uncertainty"],
+                    default=SuggestParams.model_fields["score"].default, help="how geossl suggest ranks windows")
     ap.add_argument("--steps", type=int, default=300, help="round-0 fine-tune steps")
     ap.add_argument("--round-steps", type=int, default=100, help="warm-start steps after each round")
     ap.add_argument("--round-lr", type=float, help="learning rate of the warm starts (default: fine-tuning's)")
@@ -226,6 +285,7 @@ def main() -> None:
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
             "versions": versions(), "images": len(scenes), "seeds": args.seeds, "label_share": args.label_share,
             "rounds": args.rounds, "k": args.k, "window": args.window, "min_side": args.min_side,
+            "mapper": args.mapper, "score": args.score,
             "finetune": {"steps": args.steps, "round_steps": args.round_steps, "round_lr": args.round_lr,
                          "tile": args.tile, "batch": args.batch, "encoder": "resnet18"},
             "seconds": round(time.perf_counter() - t0, 1),
@@ -236,7 +296,7 @@ def main() -> None:
     lines = ["# Where to label next — Dubai aerial tiles", "",
              f"{meta['date']}; {len(scenes)} images; {len(args.seeds)} seed(s); start: ~{args.label_share:.0%} of "
              f"labelled pixels as polygons, fine-tune {args.steps} steps; then {args.rounds} rounds of {args.k} "
-             f"windows of {args.window} px, one rectangle per window from the dense mask, warm start "
+             f"windows of {args.window} px ranked by {args.score}, {MAPPERS[args.mapper]}, warm start "
              f"{args.round_steps} steps per round (batch {args.batch} × {args.tile}px, resnet18 DeepLabV3+); "
              f"{meta['grid']}.", "",
              "| strategy | " + " | ".join(f"round {r}" for r in range(args.rounds + 1)) + " |",

@@ -9,7 +9,14 @@ from typing import Any
 from geossl_plugin import connection as conn
 from geossl_plugin.layers import GROUP_NAME
 from geossl_plugin.panel import GeoSSLDock
-from qgis.core import Qgis, QgsProject, QgsRectangle, QgsSingleSymbolRenderer, QgsVectorLayer
+from qgis.core import (
+    Qgis,
+    QgsProcessingContext,
+    QgsProject,
+    QgsRectangle,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsMapCanvas
 
 from . import test_flow as flow
@@ -48,11 +55,14 @@ def test_suggest_then_continue_training_through_the_panel(dock: GeoSSLDock, laye
     section.class_field.setField("class")
     section.count.setValue(3)
     section.window.setValue(16)
+    assert section.score.currentData() == "drawable"  # the backend's default, first in the combo
+    section.score.setCurrentIndex(section.score.findData("uncertainty"))
     with qtbot.waitSignal(dock.jobs_section.job_finished, timeout=JOB_MS) as finished:
         section.run_button.click()
     job = finished.args[0]
     assert job["state"] == "succeeded", job.get("error")
     assert job["params"]["labels"] == scene[1] and job["params"]["window"] == 16
+    assert job["params"]["score"] == "uncertainty" and job["result"]["score"] == "uncertainty"
     assert _critical(iface) == []
     assert section.table.rowCount() == 2, "a 64-px scene with four polygons has room for two 16-px squares"
     assert any("Only 2 of 3" in m for m in iface.messageBar().get_messages(Qgis.Warning))
@@ -64,6 +74,7 @@ def test_suggest_then_continue_training_through_the_panel(dock: GeoSSLDock, laye
     assert isinstance(layer.renderer(), QgsSingleSymbolRenderer) and layer.labelsEnabled()
     assert layer.labeling().settings().fieldName == "rank"
     assert " vs " in section.table.item(0, 1).text() and "margin" in section.table.item(0, 1).text()
+    assert "drawable as" in section.table.item(0, 1).text()
     assert section.table.item(0, 0).text() == "1"
 
     button = section.table.cellWidget(1, 2)
@@ -88,8 +99,15 @@ def test_suggest_then_continue_training_through_the_panel(dock: GeoSSLDock, laye
 def test_processing_suggest(service: conn.Discovery, data_dir: Path, scene: tuple[str, str], tmp_path: Path,
                             qgis_processing: Any) -> None:
     import processing
+    from geossl_plugin.processing.algorithms import SUGGEST_SCORES, SuggestAlgorithm
 
+    algorithm = SuggestAlgorithm()
+    algorithm.initAlgorithm()
+    assert [v for _, v in SUGGEST_SCORES] == ["drawable", "uncertainty"]  # SuggestParams.score, default first
     model = _trained(service, scene)
+    plain = {"MODEL": model, "INPUT": scene[0], "K": 2, "WINDOW": 16, "OUTPUT": str(tmp_path / "x.gpkg")}
+    assert algorithm.job_params(plain, QgsProcessingContext())["score"] == "drawable"
+    assert algorithm.job_params(plain | {"SCORE": 1}, QgsProcessingContext())["score"] == "uncertainty"
     out = processing.run("geossl:suggest", {"MODEL": model, "INPUT": scene[0],
                                             "POLYGONS": f"{scene[1]}|layername=polygons", "CLASS_FIELD": "class",
                                             "K": 2, "WINDOW": 16, "OUTPUT": str(tmp_path / "next.gpkg")})
@@ -97,3 +115,5 @@ def test_processing_suggest(service: conn.Discovery, data_dir: Path, scene: tupl
     layer = QgsVectorLayer(f"{out['OUTPUT']}|layername=label here next", "s", "ogr")
     assert layer.isValid() and layer.featureCount() == 2
     assert {f["rank"] for f in layer.getFeatures()} == {1, 2}
+    assert all(f["drawable_m2"] == 100.0 * f["drawable_px"] > 0 for f in layer.getFeatures())  # 10-m pixels
+    assert all(f"drawable as {f['drawable_class']}" in f["reason"] for f in layer.getFeatures())
