@@ -4,7 +4,7 @@ compared against their goals."""
 import pytest
 
 from tests.bench.bench_pretrain import pool, vs_baseline
-from tests.bench.fewlabel import paired_deltas
+from tests.bench.tables import delta_line, goal_lines, paired
 from tests.bench.update_readme import splice
 
 
@@ -19,17 +19,16 @@ def test_splice_replaces_only_marked_tables_with_results(tmp_path):
     assert splice(text, tmp_path)[0] == text  # idempotent
 
 
-def test_paired_deltas_compare_seed_by_seed_against_each_goal():
-    rows = {"glcnet": [{"kappa": 0.50}, {"kappa": 0.40}], "random init": [{"kappa": 0.38}, {"kappa": 0.32}],
-            "random forest": [{"kappa": 0.20}, {"kappa": 0.30}]}
-    lines = paired_deltas(rows)
-    assert len(lines) == 2  # no SimCLR row, no SimCLR line
-    assert lines[0].startswith("glcnet − random init: +10.0 ± 2.0") and "+12.0, +8.0" in lines[0]
-    assert lines[0].endswith("goal ≥ +10, met.")
-    assert lines[1].startswith("glcnet − random forest: +20.0 ± 10.0") and lines[1].endswith("met.")
-    rows["glcnet"][0]["kappa"] = 0.46
-    assert paired_deltas(rows)[0].endswith("not met.")
-    assert paired_deltas({"random init": rows["random init"]}) == []
+def test_goal_lines_compare_seed_by_seed():
+    rows = {"deep": [{"kappa": 0.62}, {"kappa": 0.58}], "forest": [{"kappa": 0.40}, {"kappa": 0.40}]}
+    assert paired(rows["deep"], rows["forest"]) == pytest.approx([22.0, 18.0])
+    absolute, margin = goal_lines(rows, "deep", "forest", over_baseline=20, absolute=60, max_std=2.5)
+    assert absolute == "deep: Kappa 60.0 ± 2.0 over 2 seeds; goal ≥ 60, met; seed std goal ≤ 2.5, met."
+    assert margin == "deep − forest: +20.0 ± 2.0 Kappa points (per seed: +22.0, +18.0); goal ≥ +20, met."
+    rows["deep"][1]["kappa"] = 0.50
+    absolute, margin = goal_lines(rows, "deep", "forest", over_baseline=20, absolute=60, max_std=2.5)
+    assert "goal ≥ 60, not met; seed std goal ≤ 2.5, not met" in absolute and margin.endswith("not met.")
+    assert delta_line("a", "b", [1.0, -1.0]) == "a − b: +0.0 ± 1.0 Kappa points (per seed: +1.0, -1.0)."
 
 
 def test_pretrain_ratio_is_robust_to_one_disturbed_round():
