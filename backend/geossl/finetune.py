@@ -218,7 +218,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         progress(Clock().event("labels", 0, 0, message=f"warning: {w}"))
 
     device = pick_device(params.device)
-    model = build_model(params.encoder, in_channels, len(table))
+    model = build_model(params.encoder, in_channels, len(table), params.pixel_path)
     loaded = load_pretrained(model, pretrained, params.encoder, in_channels, params.init_aspp) if pretrained else []
     outside = start.load_into(model, params.encoder, params.init_aspp) if isinstance(start, EncoderWeights) else None
     if outside is not None:
@@ -296,11 +296,14 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(device, params.amp):
-                logits = model(x)
+                context, pixel = model.parts(x)
+                logits = context if pixel is None else context + pixel
                 if flag:
                     loss = mixed_loss(loss_fn, logits, y, flag[0].to(device), params.pseudo_weight)
                 else:
                     loss = loss_fn(logits, y)
+                if pixel is not None and params.pixel_aux > 0:  # the pixel path must classify on its own too
+                    loss = loss + params.pixel_aux * loss_fn(pixel, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -340,6 +343,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     save_checkpoint(
         out, "segmentation", best["state"],
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
+        pixel_path=params.pixel_path,
         classes=table.to_dict(), band_stats=stats.to_dict(), tile=params.tile, seed=params.seed,
         config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
         init={"source": "geossl", "path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
@@ -385,7 +389,7 @@ def warm_start_params(params: FinetuneParams, warm: dict, in_channels: int) -> F
             f"The labels have class(es) {', '.join(new)} that the model '{name}' does not know "
             f"(it knows {', '.join(known)}); continuing its training cannot add a class.",
             "fine-tune a new model (without --init-model) to learn the new class(es), or remove those polygons.")
-    return params.model_copy(update={"encoder": warm["encoder"]})
+    return params.model_copy(update={"encoder": warm["encoder"], "pixel_path": bool(warm.get("pixel_path", False))})
 
 
 def state_path(out: str | Path) -> Path:

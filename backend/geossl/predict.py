@@ -39,7 +39,8 @@ from .vectorize import check_vector_output, vectorize
 
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     ckpt = load_checkpoint(path, "segmentation")
-    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]))
+    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]),
+                        bool(ckpt.get("pixel_path", False)))
     model.load_state_dict(ckpt["state_dict"])
     return prepare(model, device).eval(), ckpt
 

@@ -38,6 +38,9 @@ def _tile_ok(v: int) -> int:
     return v
 
 
+DEFAULT_FINETUNE_MINUTES = 8.0  # the default budget: planned to end within 10 minutes on a 2-core laptop
+
+
 class FinetuneParams(_Params):
     """Few-label fine-tuning of DeepLabV3+ from polygons."""
 
@@ -55,7 +58,8 @@ class FinetuneParams(_Params):
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1, description="Total optimisation steps (overrides epochs)")
     minutes: float | None = Field(None, gt=0, le=10080, description="Wall-time budget: the steps that fit are "
-                                  "measured at the start and recorded in the model (instead of steps/epochs)")
+                                  "measured at the start and recorded in the model (instead of steps/epochs; "
+                                  f"without either: {DEFAULT_FINETUNE_MINUTES:g} minutes)")
     max_steps: int | None = Field(None, ge=1, description="Upper bound on the steps a minutes budget plans")
     steps_per_epoch: int = Field(50, ge=1)
     tile: int = Field(256, ge=32, le=2048)
@@ -68,6 +72,9 @@ class FinetuneParams(_Params):
     photometric: float = Field(0.0, ge=0, le=1, description="Per-band gain/offset/noise augmentation "
                                "(in band standard deviations; 0: flips and rotations only)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    pixel_path: bool = Field(False, description="Add per-pixel (1×1) class scores from the bands to the "
+                             "context model's")
+    pixel_aux: float = Field(0.0, ge=0, description="Weight of a loss on the pixel path's own scores")
     ema: float = Field(0.0, ge=0, lt=1, description="Decay of the moving average of the weights that is "
                        "validated and saved (0: the raw weights)")
     self_training: float = Field(0.0, ge=0, le=0.75, description="Share of each batch filled with windows "
@@ -97,7 +104,7 @@ class FinetuneParams(_Params):
         if self.minutes is not None and (self.epochs is not None or self.steps is not None):
             raise ValueError("give a budget in minutes or in steps/epochs, not both")
         if self.epochs is None and self.steps is None and self.minutes is None:
-            self.epochs = 20
+            self.minutes = DEFAULT_FINETUNE_MINUTES
         if self.init and self.init_model:
             raise ValueError("give either init (a pretrained encoder) or init_model (a fine-tuned model), not both")
         _one_start(self.encoder_weights, init=self.init, init_model=self.init_model)

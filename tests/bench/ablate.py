@@ -51,6 +51,11 @@ def run_s2(cfg: dict, seed: int, work: Path) -> dict:
                                   **cfg.get("predict", {})))
     r = run_evaluate(EvaluateParams(prediction=str(pred), labels=str(score), class_field="fclass"))
     extra = {} if cfg.get("row") == "rf" else {"history": summary["history"], "best_epoch": summary["best_epoch"]}
+    for name, over in cfg.get("variants", {}).items():  # other predictions of the same model: no retraining
+        alt = work / f"pred_{seed}_{name}.tif"
+        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(alt), **over))
+        extra[f"kappa_{name}"] = run_evaluate(EvaluateParams(prediction=str(alt), labels=str(score),
+                                                             class_field="fclass"))["kappa"]
     return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1),
             "f1": {c: v["f1"] for c, v in r["per_class"].items()}, **extra}
 
@@ -80,12 +85,20 @@ def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
             preds.append(src.read(1))
     r = evaluate(scenes, used, preds)
     extra = {} if cfg.get("row") == "rf" else {"history": summary["history"], "best_epoch": summary["best_epoch"]}
+    for name, over in cfg.get("variants", {}).items():  # other predictions of the same model: no retraining
+        alt = []
+        for s in scenes:
+            out = work / f"pred_{name}_{s.image.name}"
+            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), **over))
+            with rasterio.open(out) as src:
+                alt.append(src.read(1))
+        extra[f"kappa_{name}"] = evaluate(scenes, used, alt)["kappa"]
     return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1),
             "f1": {c: r["per_class"][c]["f1"] for c in dubai.NAMES}, **extra}
 
 
 def finetune(rasters, labels, field, work: Path, seed: int, cfg: dict):
-    over = {k: v for k, v in cfg.items() if k not in ("predict", "row")}
+    over = {k: v for k, v in cfg.items() if k not in ("predict", "row", "variants")}
     model = work / f"model_{seed}.pt"
     t = time.perf_counter()
     summary = run_finetune(FinetuneParams(**{"rasters": [str(r) for r in rasters], "labels": str(labels),

@@ -72,6 +72,13 @@ def create_app(manager: JobManager, registry: ModelRegistry, token: str,
 
     # --- service ---------------------------------------------------------------------------------
 
+    def finetune_defaults() -> dict[str, Any]:
+        """The recipe a fine-tune gets when a front end sends only rasters, polygons and a class field."""
+        from ..schemas import FinetuneParams
+
+        p = FinetuneParams(rasters=["-"], labels="-", class_field="-", out="-")
+        return p.model_dump(exclude={"rasters", "labels", "class_field", "out", "layer", "colours"})
+
     @app.get("/health", summary="Liveness, version and device (no token needed)")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": device_status()}
@@ -87,7 +94,7 @@ def create_app(manager: JobManager, registry: ModelRegistry, token: str,
             "job_types": {t.name: {"gpu_queue": t.gpu, "resume": t.resume, "schema": t.params.model_json_schema()}
                           for t in manager.types.values()},
             "max_jobs": manager.max_jobs, "max_cpu_jobs": manager.max_cpu_jobs, "states": list(STATES),
-            "device": device_status(),
+            "device": device_status(), "finetune_defaults": finetune_defaults(),
         }
 
     @app.get("/pretraining/gain", summary="What pretraining bought in our measurements, for a method and budget")
