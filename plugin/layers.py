@@ -226,6 +226,78 @@ def class_counts(layer: QgsVectorLayer, field: str) -> dict[Any, tuple[int, floa
     return counts
 
 
+# --- the class field -----------------------------------------------------------------------------
+
+# Names people give the class field, the most telling first ("fclass": OpenStreetMap extracts).
+CLASS_FIELD_NAMES = ("class", "classe", "klasse", "clase", "fclass", "class_name", "classname", "label", "landuse",
+                     "land_use", "landcover", "land_cover", "lc", "lulc", "type", "category", "cat", "name")
+# Identifiers: one value per feature, never a class.
+ID_FIELD_NAMES = frozenset({"fid", "ogc_fid", "objectid", "gid", "id", "uid", "uuid", "osm_id"})
+FEW_FEATURES = 5  # up to here every polygon may be its own class
+MAX_CLASSES = 50  # a field found by its values alone has at most this many (and at most half the polygons)
+MAX_COUNTED = 10_000  # distinct values counted per field; more is an identifier, not classes
+
+
+@dataclass(frozen=True)
+class FieldStats:
+    """What the class-field guess knows of one text or integer attribute."""
+
+    name: str
+    text: bool
+    distinct: int  # distinct non-empty values, counted up to MAX_COUNTED + 1
+    key: bool = False  # part of the layer's primary key
+
+
+def guess_class_field(fields: Iterable[FieldStats], features: int, styled: str | None = None) -> str | None:
+    """The field that most likely holds each polygon's class, or None when no field looks like one.
+
+    In order: the field the layer is styled Categorized by (the user's own choice); a field with a
+    class-like name (``class`` first, then the order of CLASS_FIELD_NAMES); a text field with 2 to
+    min(50, half the polygons) distinct values. Never a primary key, ``fid`` or any other field with a
+    value per polygon: picking one made every polygon its own class (423 "classes" from ``fid``).
+    """
+    fields = list(fields)
+    if styled and any(f.name == styled for f in fields):
+        return styled
+
+    def identifier(f: FieldStats) -> bool:
+        every_own = features > FEW_FEATURES and f.distinct >= features
+        return f.key or f.name.lower() in ID_FIELD_NAMES or every_own or f.distinct > MAX_COUNTED
+
+    candidates = [f for f in fields if not identifier(f)]
+    named = [(CLASS_FIELD_NAMES.index(f.name.lower()), i) for i, f in enumerate(candidates)
+             if f.name.lower() in CLASS_FIELD_NAMES and f.distinct <= max(MAX_CLASSES, features / 2)]
+    if named:
+        return candidates[min(named)[1]].name
+    most = min(MAX_CLASSES, features / 2)
+    return next((f.name for f in candidates if f.text and 2 <= f.distinct <= most), None)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value == "" or (hasattr(value, "isNull") and value.isNull())
+
+
+def field_stats(layer: QgsVectorLayer) -> list[FieldStats]:
+    """FieldStats of a layer's text and integer fields (the ones a class field can be), edits included."""
+    keys = set(layer.primaryKeyAttributes())
+    limit = min(max(MAX_CLASSES, layer.featureCount() // 2), MAX_COUNTED) + 1  # enough to tell the rules apart
+    stats = []
+    for index, field in enumerate(layer.fields()):
+        text = field.type() == QVariant.String
+        if not text and field.type() not in (QVariant.Int, QVariant.LongLong, QVariant.UInt, QVariant.ULongLong):
+            continue
+        distinct = sum(1 for value in layer.uniqueValues(index, limit) if not _is_empty(value))
+        stats.append(FieldStats(field.name(), text, distinct, index in keys))
+    return stats
+
+
+def class_field_of(layer: QgsVectorLayer) -> str | None:
+    """The class field to preselect for ``layer`` (see ``guess_class_field``)."""
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        return None
+    return guess_class_field(field_stats(layer), layer.featureCount(), categorized_field(layer))
+
+
 # --- result layers ------------------------------------------------------------------------------
 
 def paletted_renderer(layer: QgsRasterLayer, classes: ClassInfo) -> QgsPalettedRasterRenderer:

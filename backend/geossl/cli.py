@@ -12,15 +12,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import __version__
 from .errors import GeoSSLError
 from .methods import method_names
 from .progress import JsonLinesReporter, TqdmReporter
-from .schemas import ENCODERS
+from .schemas import DEFAULT_FINETUNE_MINUTES, ENCODERS, FinetuneParams, PredictParams
 
 EXIT_USER_ERROR = 2
 WEIGHT_FILES = ("a torchvision/timm/torchgeo ResNet state dict (.pth/.pt/.ckpt/.safetensors, e.g. SSL4EO-S12 "
@@ -74,32 +74,81 @@ def _pretrain(args: argparse.Namespace, progress) -> dict[str, Any]:
     return run_pretrain(params, progress)
 
 
+# Finetune/predict flags → schema fields. Only the flags given are passed on, so every default is the
+# schema's (the one the API and the QGIS panel get too); flags whose field name differs are mapped here.
+FINETUNE_FLAGS = {"raster": "rasters", "labels": "labels", "class_field": "class_field", "layer": "layer",
+                  "out": "out", "encoder": "encoder", "init": "init", "init_aspp": "init_aspp",
+                  "init_model": "init_model", "encoder_weights": "encoder_weights", "epochs": "epochs",
+                  "steps": "steps", "minutes": "minutes", "max_steps": "max_steps",
+                  "steps_per_epoch": "steps_per_epoch", "tile": "tile", "batch": "batch", "lr": "lr",
+                  "val_fraction": "val_fraction", "patience": "patience", "seed": "seed", "workers": "workers",
+                  "device": "device", "resume": "resume"}
+PREDICT_FLAGS = {"model": "model", "raster": "raster", "out": "out", "confidence": "confidence", "tile": "tile",
+                 "overlap": "overlap", "batch": "batch", "device": "device", "tta": "tta", "extent": "extent",
+                 "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The schema fields of the flags the user gave (argparse leaves the others None)."""
+    values = {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None}
+    if args.no_amp:
+        values["amp"] = False
+    return values
+
+
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    """A validator for one field with its constraints (``ge``, ``lt``…), not only its type."""
+    info = model.model_fields[name]
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+
+
+def _recipe(items: Sequence[str] | None, given: dict[str, Any]) -> dict[str, Any]:
+    """``--recipe KEY=VALUE`` pairs as FinetuneParams fields, each parsed to its field's type.
+
+    The value is read as JSON first (numbers, true/false, null, lists, objects), else as text, so
+    ``ema=0.9``, ``pixel_path=true`` and ``encoder=resnet34`` all mean what they say.
+    """
+    known = sorted(FinetuneParams.model_fields)
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise GeoSSLError(f"--recipe '{item}' is not KEY=VALUE.", "write e.g. --recipe ema=0.999.")
+        if key not in FinetuneParams.model_fields:
+            raise GeoSSLError(f"--recipe: unknown key '{key}'; known: {', '.join(known)}.")
+        if key in given or key in out:
+            raise GeoSSLError(f"--recipe: '{key}' is given twice.", "give each setting once.")
+        adapter = _field_adapter(FinetuneParams, key)
+        try:
+            out[key] = adapter.validate_json(text)
+        except ValidationError:
+            try:
+                out[key] = adapter.validate_python(text)
+            except ValidationError as exc:
+                raise GeoSSLError(f"--recipe {key}={text}: {exc.errors()[0]['msg']}.") from None
+    return out
+
+
+def finetune_params(args: argparse.Namespace) -> FinetuneParams:
+    """The FinetuneParams of parsed ``geossl finetune`` flags: the flags given, the schema's defaults."""
+    values = _given(args, FINETUNE_FLAGS)
+    colours = _colours(args.colour)
+    if colours:
+        values["colours"] = colours
+    return FinetuneParams(**values, **_recipe(args.recipe, values))
+
+
 def _finetune(args: argparse.Namespace, progress) -> dict[str, Any]:
     from .finetune import run_finetune
-    from .schemas import FinetuneParams
 
-    params = FinetuneParams(
-        rasters=args.raster, labels=args.labels, class_field=args.class_field, layer=args.layer, out=args.out,
-        **({"encoder": args.encoder} if args.encoder else {}), init=args.init, init_aspp=args.init_aspp,
-        init_model=args.init_model, encoder_weights=args.encoder_weights, epochs=args.epochs, steps=args.steps,
-        steps_per_epoch=args.steps_per_epoch, tile=args.tile, batch=args.batch, lr=args.lr,
-        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, workers=args.workers,
-        device=args.device, amp=not args.no_amp, colours=_colours(args.colour), resume=args.resume,
-    )
-    return run_finetune(params, progress)
+    return run_finetune(finetune_params(args), progress)
 
 
 def _predict(args: argparse.Namespace, progress) -> dict[str, Any]:
     from .predict import run_predict
-    from .schemas import PredictParams
 
-    params = PredictParams(
-        model=args.model, raster=args.raster, out=args.out, confidence=args.confidence, tile=args.tile,
-        overlap=args.overlap, batch=args.batch, device=args.device, amp=not args.no_amp,
-        extent=args.extent, extent_crs=args.extent_crs, vector=args.vector, min_area=args.min_area,
-        simplify=args.simplify,
-    )
-    return run_predict(params, progress)
+    return run_predict(PredictParams(**_given(args, PREDICT_FLAGS)), progress)
 
 
 def _export(args: argparse.Namespace, progress) -> dict[str, Any]:
@@ -161,6 +210,11 @@ def _summary(command: str, result: dict[str, Any]) -> str:
         v = result.get("validation")
         lines.append(f"Model written to {result['model']} ({result['steps']} steps, {result['seconds']} s, "
                      f"{result['device']}).")
+        plan = result.get("plan") or {}
+        if plan.get("step_seconds") and plan.get("budget_seconds"):
+            lines.append(f"Planned {plan['steps']} steps for {plan['budget_seconds'] / 60:g} min "
+                         f"({plan['step_seconds']:.2f} s per step measured); --steps {plan['steps']} reproduces "
+                         "this run.")
         if v:
             lines.append(f"Validation (held-out polygons, best epoch {result['best_epoch']}): "
                          f"OA {v['overall_accuracy']:.3f}, Kappa {v['kappa']:.3f}, mIoU {v['miou']:.3f}")
@@ -194,6 +248,12 @@ def _summary(command: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _default(name: str, model: type[BaseModel] = FinetuneParams) -> str:
+    """``(default: X)`` read from the schema, so the help never quotes a default the job does not get."""
+    value = model.model_fields[name].default
+    return f"(default: {value:g})" if isinstance(value, float) else f"(default: {value})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geossl",
@@ -212,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"only {what} inside this rectangle (default: the whole raster)")
         sp.add_argument("--extent-crs", metavar="CRS", help="CRS of --extent, e.g. EPSG:4326 (default: the raster's)")
 
-    def device(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    def device(sp: argparse.ArgumentParser, default: str | None = "auto") -> None:
+        """``default=None`` for commands built from the schema (its default "auto" applies)."""
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=default,
                         help="where to compute (default: the GPU when there is one)")
         sp.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
 
@@ -284,30 +345,44 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--class-field", required=True, metavar="F", help="attribute holding each polygon's class")
     ft.add_argument("--layer", help="layer name, for files with several layers")
     ft.add_argument("--out", required=True, metavar="M.pt", help="model file to write")
-    ft.add_argument("--encoder", choices=ENCODERS, help="backbone (default: resnet18, or --init-model's)")
+    ft.add_argument("--encoder", choices=ENCODERS, help=f"backbone (default: "
+                    f"{FinetuneParams.model_fields['encoder'].default}, or --init-model's)")
     init = ft.add_mutually_exclusive_group()
     init.add_argument("--init", metavar="FILE", help="start from a `geossl pretrain` checkpoint, or " + WEIGHT_FILES)
     init.add_argument("--encoder-weights", choices=["imagenet"], help=IMAGENET_HELP)
     init.add_argument("--init-model", metavar="M.pt",
                       help="warm start: continue training a fine-tuned model (all weights; same classes), "
                            "e.g. after adding polygons where `geossl suggest` pointed")
-    ft.add_argument("--init-aspp", action="store_true", help="also load the pretrained ASPP module")
+    ft.add_argument("--init-aspp", action="store_true", default=None, help="also load the pretrained ASPP module")
     budget = ft.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="training epochs (default 20)")
-    budget.add_argument("--steps", type=int, help="total training steps instead of epochs")
-    ft.add_argument("--steps-per-epoch", type=int, default=50, help="steps between validations (default 50)")
-    ft.add_argument("--tile", type=int, default=256, help="training window size in pixels (multiple of 16)")
-    ft.add_argument("--batch", type=int, default=8, help="windows per step (default 8)")
-    ft.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    ft.add_argument("--val-fraction", type=float, default=0.2,
-                    help="share of each class's polygons held out for validation (default 0.2)")
-    ft.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
-    ft.add_argument("--seed", type=int, default=0, help="random seed (saved with the model)")
-    ft.add_argument("--workers", type=int, default=0, help="parallel data-loading processes")
+    budget.add_argument("--minutes", type=float, metavar="M",
+                        help="wall-time budget: a few steps are measured, then the steps that fit in M minutes "
+                             "are fixed and recorded in the model (--steps N reproduces the run; default: "
+                             f"{DEFAULT_FINETUNE_MINUTES:g} min when neither --steps nor --epochs is given)")
+    budget.add_argument("--steps", type=int, help="total training steps instead of a time budget")
+    budget.add_argument("--epochs", type=int, help="training epochs of --steps-per-epoch steps instead of a time "
+                        "budget")
+    ft.add_argument("--max-steps", type=int, metavar="N",
+                    help="with a time budget: train at most N steps however many would fit")
+    ft.add_argument("--steps-per-epoch", type=int,
+                    help="steps between validations " + _default("steps_per_epoch"))
+    ft.add_argument("--tile", type=int,
+                    help="training window size in pixels, multiple of 16 " + _default("tile"))
+    ft.add_argument("--batch", type=int, help="windows per step " + _default("batch"))
+    ft.add_argument("--lr", type=float, help="learning rate " + _default("lr"))
+    ft.add_argument("--val-fraction", type=float,
+                    help="share of each class's polygons held out for validation " + _default("val_fraction"))
+    ft.add_argument("--patience", type=int,
+                    help="epochs without improvement before stopping " + _default("patience"))
+    ft.add_argument("--seed", type=int, help="random seed, saved with the model " + _default("seed"))
+    ft.add_argument("--workers", type=int, help="parallel data-loading processes " + _default("workers"))
     ft.add_argument("--colour", action="append", metavar="NAME=#rrggbb", help="class colour (repeatable)")
-    ft.add_argument("--resume", action="store_true",
+    ft.add_argument("--resume", action="store_true", default=None,
                     help="continue an interrupted run from M.pt.state.pt (saved after every epoch)")
-    device(ft)
+    ft.add_argument("--recipe", action="append", metavar="KEY=VALUE",
+                    help="any other fine-tuning setting by its API name, e.g. --recipe ema=0.999 or --recipe "
+                         "class_balance=0.5 (repeatable; for experiments: the defaults are the tuned recipe)")
+    device(ft, default=None)
     common(ft)
     ft.set_defaults(run=_finetune)
 
@@ -319,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--confidence", metavar="CONF.tif", help="also write the confidence (max probability)")
     pr.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")
     pr.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
-    pr.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    pr.add_argument("--batch", type=int, help="tiles per forward pass " + _default("batch", PredictParams))
+    pr.add_argument("--tta", action="store_true", default=None,
+                    help="smoother map: average the model over the 8 flips/rotations of every tile (8× the "
+                         "compute; default: " + ("on" if PredictParams.model_fields["tta"].default else "off") + ")")
     pr.add_argument("--vector", metavar="OUT.gpkg", help="also write the classes as polygons (class id, name, "
                     "mean confidence), styled by OUT.qml")
     pr.add_argument("--min-area", type=float, metavar="A", help="with --vector: merge regions smaller than A "
@@ -327,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--simplify", type=float, metavar="T", help="with --vector: simplification tolerance in map "
                     "units (shared edges stay shared)")
     extent(pr, "classify")
-    device(pr)
+    device(pr, default=None)
     common(pr)
     pr.set_defaults(run=_predict)
 

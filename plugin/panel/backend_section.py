@@ -24,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -115,12 +116,10 @@ class BackendSection(QGroupBox):
         self.stop_button.setObjectName("geosslStopBackend")
         self.stop_button.clicked.connect(self.disconnect_backend)
 
-        mode_row = QHBoxLayout()
+        mode_row = QVBoxLayout()  # stacked, and the check box on its own row: the dock stays narrow
         mode_row.addWidget(self.local_radio)
         mode_row.addWidget(self.remote_radio)
-        mode_row.addStretch(1)
         buttons = QHBoxLayout()
-        buttons.addWidget(self.autostart_box)
         buttons.addStretch(1)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.connect_button)
@@ -132,6 +131,7 @@ class BackendSection(QGroupBox):
         self._form.addRow("Executable", self.path_widget)
         self._form.addRow("URL", self.url_edit)
         self._form.addRow("Token", self.token_edit)
+        self._form.addRow(self.autostart_box)
         self._form.addRow(buttons)
         self._update_placeholder()
         self._on_mode_changed()

@@ -23,9 +23,12 @@ from qgis.gui import (
     QgsMapCanvas,
     QgsMapLayerComboBox,
 )
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QComboBox,
+    QHBoxLayout,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
@@ -36,7 +39,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..backend import BackendInfo
 from ..client import ApiClient, ApiError
-from ..layers import LayerError, UnsavedEditsError, polygon_source, raster_path
+from ..layers import LayerError, UnsavedEditsError, class_field_of, polygon_source, raster_path
 
 SaveQuestion = Callable[[QgsVectorLayer], bool]
 
@@ -200,6 +203,49 @@ def batch_spinbox(parent: QWidget, minimum: int, maximum: int, default: int) -> 
     return spin
 
 
+def narrow(combo: QComboBox, characters: int = 8) -> QComboBox:
+    """Let a combo box be narrower than its longest entry (elided), so the dock fits its default width."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo
+
+
+class WrappingCheckBox(QWidget):
+    """A check box whose text wraps (a QCheckBox's never does), so a long option fits a narrow dock.
+
+    Clicking the text toggles it, as with a QCheckBox; ``isChecked``/``setChecked``/``toggled`` are the box's.
+    """
+
+    toggled = pyqtSignal(bool)
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.box = QCheckBox(self)
+        self.label = QLabel(text, self)
+        self.label.setWordWrap(True)
+        self.label.installEventFilter(self)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.box, 0, Qt.AlignTop)
+        layout.addWidget(self.label, 1)
+        self.box.toggled.connect(self.toggled)
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def isChecked(self) -> bool:  # noqa: N802 (the QCheckBox name)
+        return self.box.isChecked()
+
+    def setChecked(self, checked: bool) -> None:  # noqa: N802 (the QCheckBox name)
+        self.box.setChecked(checked)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API name)
+        if watched is self.label and event.type() == QEvent.MouseButtonRelease and self.isEnabled():
+            self.box.toggle()
+            return True
+        return super().eventFilter(watched, event)
+
+
 def polygon_combo(parent: QWidget, object_name: str) -> QgsMapLayerComboBox:
     """A choice of polygon layer, possibly none."""
     combo = QgsMapLayerComboBox(parent)
@@ -210,20 +256,45 @@ def polygon_combo(parent: QWidget, object_name: str) -> QgsMapLayerComboBox:
 
 
 def class_field_combo(parent: QWidget) -> QgsFieldComboBox:
-    """A choice of the text or integer field that holds each polygon's class."""
+    """A choice of the text or integer field that holds each polygon's class (empty until one is found)."""
     combo = QgsFieldComboBox(parent)
     combo.setFilters(QgsFieldProxyModel.String | QgsFieldProxyModel.Int | QgsFieldProxyModel.LongLong)
+    combo.setAllowEmptyFieldName(True)
     return combo
 
 
+def show_class_field(combo: QgsFieldComboBox, layer: QgsMapLayer | None) -> None:
+    """Offer ``layer``'s fields and preselect its class field (``class_field_of``), else none.
+
+    None rather than the first field: that is often ``fid``, and trained on, every polygon would
+    be a class of its own. An empty choice makes the section ask for the field instead.
+    """
+    combo.setLayer(layer)
+    combo.setField((class_field_of(layer) if isinstance(layer, QgsVectorLayer) else None) or "")
+
+
 def extent_box(parent: QWidget, object_name: str) -> QgsExtentGroupBox:
-    """An optional area of interest, off by default (the whole raster); a checkable group box."""
+    """An optional area of interest, off by default (the whole raster); a checkable group box.
+
+    Its content shows only while ticked: QGIS's extent buttons sit in one row, wider than the dock's
+    default width, and unticked they would widen the dock for nothing.
+    """
     box = QgsExtentGroupBox(parent)
     box.setObjectName(object_name)
-    box.setTitle("Limit to extent")
+    box.setTitleBase("Limit to extent")  # QGIS adds what is chosen: "Limit to extent (current: layer)"
     box.setCheckable(True)
     box.setChecked(False)
     box.setToolTip("Process only this part of the raster (canvas extent, a layer's extent, or drawn)")
+    box.setSaveCollapsedState(False)  # folded or not follows the tick, not the last session
+
+    def show_content(checked: bool) -> None:
+        for child in box.children():
+            if isinstance(child, QWidget) and child.objectName() != "collapseButton":
+                child.setVisible(checked)
+        box.setCollapsed(not checked)  # no empty frame under the title either
+
+    box.toggled.connect(show_content)
+    show_content(False)
     return box
 
 

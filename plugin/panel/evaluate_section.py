@@ -14,8 +14,8 @@ from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QFormLayout, QLabel, QWidget
 
 from ..client import ApiClient
-from ..layers import LayerError, categorized_field
-from .common import JobSection, class_field_combo, polygon_combo
+from ..layers import LayerError
+from .common import JobSection, class_field_combo, polygon_combo, show_class_field
 
 
 class EvaluateSection(JobSection):
@@ -79,7 +79,4 @@ class EvaluateSection(JobSection):
             self.post_job("evaluate", params, "Evaluation not started")
 
     def _on_polygons_changed(self, layer: Any) -> None:
-        self.class_field.setLayer(layer)
-        styled = categorized_field(layer) if isinstance(layer, QgsVectorLayer) else None
-        if styled:
-            self.class_field.setField(styled)
+        show_class_field(self.class_field, layer)

@@ -2,6 +2,11 @@
 
 Class colours come from the polygon layer's categorized style when it classifies by the chosen
 field, so the map comes out in the colours the user already picked for the polygons.
+
+The recipe is the backend's (``FinetuneParams``, quoted by ``/info`` as ``finetune_defaults``): the
+panel sends a budget only when the user picks one, tile and batch only when changed from the
+backend's defaults, and nothing else of the recipe, so a backend with a re-tuned recipe is
+followed without a plugin release.
 """
 
 from __future__ import annotations
@@ -31,25 +36,51 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
 from ..client import ApiClient
-from ..layers import LayerError, categorized_field, class_colours, class_counts, create_label_layer
+from ..gain import budget_text
+from ..layers import LayerError, class_colours, class_counts, create_label_layer
 from .common import (
     JobSection,
     RasterChecklist,
     batch_spinbox,
     class_field_combo,
     model_output,
+    narrow,
     polygon_combo,
     replace_items,
+    show_class_field,
     tile_spinbox,
 )
 from .models import PRETRAINED, ModelEntry, parse_models
 from .start_from import StartFrom
 
 DEFAULT_ENCODERS = ("resnet18", "resnet34", "resnet50")
+DEFAULT_BUDGET, STEPS_BUDGET = "default", "steps"  # the Training combo's non-minute choices
+BUDGETS = (("2 min (quick look)", 2), ("15 min", 15), ("30 min", 30), ("1 h", 60), ("Steps…", STEPS_BUDGET))
+BUDGET_HINT = ("the backend measures a few steps, then trains what fits; the model records the steps "
+               "(reproducible)")
+PANEL_DEFAULTS = {"tile": 128, "batch": 8}  # shown until a backend states its own (finetune_defaults)
+
+
+def finetune_defaults(info: Any) -> dict[str, Any]:
+    """``/info``'s ``finetune_defaults`` ({} from a backend too old to state them)."""
+    raw = getattr(info, "raw", None) or {}
+    defaults = raw.get("finetune_defaults") if isinstance(raw, dict) else None
+    return defaults if isinstance(defaults, dict) else {}
+
+
+def default_budget_text(defaults: dict[str, Any]) -> str:
+    """The Training combo's first entry: "Default (≈ 8 min)", or "Default (the backend's)" while unknown."""
+    minutes, steps = defaults.get("minutes"), defaults.get("steps")
+    if isinstance(minutes, int | float) and minutes > 0:
+        return f"Default (≈ {budget_text(float(minutes))})"
+    if isinstance(steps, int) and steps > 0:
+        return f"Default ({budget_text(steps=steps)})"
+    return "Default (the backend's)"
 
 
 def encoders_of(info: Any) -> tuple[str, ...]:
@@ -163,28 +194,45 @@ class FinetuneSection(JobSection):
         self.encoder.addItems(DEFAULT_ENCODERS)
         self.start_from = StartFrom(self)
         self.start_from.setObjectName("geosslStartFrom")
+        self.duration = QComboBox(self)
+        self.duration.setObjectName("geosslFinetuneDuration")
+        self.duration.setToolTip("How long to train. Default: the backend's budget; a time budget is planned "
+                                 "by measuring a few steps; Steps… gives a number of steps or epochs instead.")
+        self.duration.addItem(default_budget_text({}), DEFAULT_BUDGET)
+        for text, minutes in BUDGETS:
+            self.duration.addItem(text, minutes)
         self.budget = BudgetInput(300, "steps", self)
-        self.tile = tile_spinbox(self, 32, 128)
-        self.batch = batch_spinbox(self, 1, 512, 8)
+        self.budget_hint = QLabel(f"<span style='color:gray'>{BUDGET_HINT}</span>", self)
+        self.budget_hint.setObjectName("geosslFinetuneBudgetHint")
+        self.budget_hint.setWordWrap(True)
+        self.tile = tile_spinbox(self, 32, PANEL_DEFAULTS["tile"])
+        self.batch = batch_spinbox(self, 1, 512, PANEL_DEFAULTS["batch"])
+        self._shown_defaults = dict(PANEL_DEFAULTS)  # what the spin boxes show while untouched
+        self._backend_defaults: dict[str, int] = {}  # the connected backend's tile/batch defaults
+        for combo in (self.encoder, self.start_from, self.duration):
+            narrow(combo)
         self.model_name = QLineEdit(self)
         self.model_name.setPlaceholderText("model name (default: the polygon layer's name)")
         self.run_button = self.make_run_button("Fine-tune", "geosslRunFinetune")
 
         form = QFormLayout(self)
         form.addRow("Rasters", self.rasters)
-        polygon_row = QHBoxLayout()
-        polygon_row.addWidget(self.polygons, 1)
-        polygon_row.addWidget(self.new_layer_button)
-        form.addRow("Polygons", polygon_row)
+        form.addRow("Polygons", self.polygons)
+        form.addRow("", self.new_layer_button)  # its own row: beside it the layer name had no room left
         form.addRow("Class field", self.class_field)
         form.addRow("", self.counts_label)
         form.addRow("", self.colours_label)
         form.addRow("Encoder", self.encoder)
         form.addRow("Start from", self.start_from)
-        form.addRow("Training", self.budget)
+        form.addRow("Training", self.duration)
+        under_budget = QVBoxLayout()  # one row: the hidden one of the two leaves no gap
+        under_budget.setContentsMargins(0, 0, 0, 0)
+        under_budget.addWidget(self.budget)
+        under_budget.addWidget(self.budget_hint)
+        form.addRow("", under_budget)
         form.addRow("Tile", self.tile)
         form.addRow("Batch", self.batch)
-        form.addRow("Model name", self.model_name)
+        form.addRow("Name", self.model_name)
         form.addRow(self.run_button)
 
         self.polygons.layerChanged.connect(self._on_polygons_changed)
@@ -192,6 +240,8 @@ class FinetuneSection(JobSection):
         self.class_field.fieldChanged.connect(self.show_counts)
         self.rasters.itemChanged.connect(self.show_counts)  # the pixel size comes from a ticked raster
         self.start_from.currentIndexChanged.connect(self._on_start_changed)
+        self.duration.currentIndexChanged.connect(self._on_budget_changed)
+        self._on_budget_changed()
         self._on_polygons_changed(self.polygons.currentLayer())
 
     # -- state ------------------------------------------------------------------------------------
@@ -200,7 +250,51 @@ class FinetuneSection(JobSection):
         super().set_backend(info)
         if info is not None:
             replace_items(self.encoder, encoders_of(info))
+            self._follow_defaults(finetune_defaults(info))
             self.refresh_models()
+        else:  # unknown again: nothing promised, and what the spin boxes show is sent as is
+            self.duration.setItemText(0, default_budget_text({}))
+            self._backend_defaults = {}
+
+    def _follow_defaults(self, defaults: dict[str, Any]) -> None:
+        """Show the backend's default budget, tile and batch; a value the user changed stays."""
+        self.duration.setItemText(0, default_budget_text(defaults))
+        self._backend_defaults = {}
+        for name, spin in (("tile", self.tile), ("batch", self.batch)):
+            value = defaults.get(name)
+            if not isinstance(value, int) or not spin.minimum() <= value <= spin.maximum():
+                continue
+            if spin.value() == self._shown_defaults[name]:
+                spin.setValue(value)
+            self._shown_defaults[name] = value
+            self._backend_defaults[name] = value
+
+    # -- budget -----------------------------------------------------------------------------------
+
+    def budget_params(self) -> dict[str, Any]:
+        """``{}`` (the backend's default budget), ``{"minutes": m}``, or ``{"steps"|"epochs": n}``."""
+        choice = self.duration.currentData()
+        if choice == DEFAULT_BUDGET:
+            return {}
+        if choice == STEPS_BUDGET:
+            return self.budget.as_params()
+        return {"minutes": float(choice)}
+
+    def use_steps(self, steps: int, unit: str = "steps") -> None:
+        """Choose *Steps…* with ``steps`` steps (or epochs), as a user would."""
+        self.duration.setCurrentIndex(self.duration.findData(STEPS_BUDGET))
+        self.budget.unit.setCurrentText(unit)
+        self.budget.spin.setValue(steps)
+
+    def recipe_params(self) -> dict[str, int]:
+        """Tile and batch, each only when it differs from the backend's default (or that is unknown)."""
+        values = {"tile": self.tile.value(), "batch": self.batch.value()}
+        return {k: v for k, v in values.items() if self._backend_defaults.get(k) != v}
+
+    def _on_budget_changed(self, *_: Any) -> None:
+        steps = self.duration.currentData() == STEPS_BUDGET
+        self.budget.setVisible(steps)
+        self.budget_hint.setVisible(not steps)
 
     def refresh_models(self) -> None:
         if self.backend is not None:
@@ -281,9 +375,8 @@ class FinetuneSection(JobSection):
             return None
         labels, sublayer = source
         params: dict[str, Any] = {
-            "rasters": paths, "labels": labels, "class_field": field,
-            "encoder": self.encoder.currentText(), "tile": self.tile.value(), "batch": self.batch.value(),
-            **self.budget.as_params(),
+            "rasters": paths, "labels": labels, "class_field": field, "encoder": self.encoder.currentText(),
+            **self.recipe_params(), **self.budget_params(),
         }
         if sublayer:
             params["layer"] = sublayer
@@ -309,11 +402,7 @@ class FinetuneSection(JobSection):
     # -- slots ------------------------------------------------------------------------------------
 
     def _on_polygons_changed(self, layer: Any) -> None:
-        self.class_field.setLayer(layer)
-        if isinstance(layer, QgsVectorLayer):
-            styled = categorized_field(layer)
-            if styled and self.class_field.findText(styled) >= 0:
-                self.class_field.setField(styled)  # the field the user styled by is the class field
+        show_class_field(self.class_field, layer)  # the styled field, a class-like name, never fid
         self._watch(layer if isinstance(layer, QgsVectorLayer) else None)
         self._show_colours()
         self.show_counts()

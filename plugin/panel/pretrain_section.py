@@ -29,6 +29,7 @@ from .common import (
     extent_params,
     follow_raster,
     model_output,
+    narrow,
     replace_items,
     tile_spinbox,
 )
@@ -71,6 +72,8 @@ class PretrainSection(JobSection):
             self.duration.addItem(text, minutes)
         self.duration.setCurrentText(DEFAULT_DURATION)
         self.budget = BudgetInput(1000, "steps", self)
+        for combo in (self.method, self.encoder, self.start_from, self.duration):
+            narrow(combo)
         self.gain_label = QLabel(NOT_CONNECTED_GAIN, self)
         self.gain_label.setObjectName("geosslPretrainGain")
         self.gain_label.setWordWrap(True)

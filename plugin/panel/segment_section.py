@@ -1,4 +1,8 @@
-""""3 · Segment": a model + a raster layer → a ``predict`` job → styled layers in the "GeoSSL" group."""
+""""3 · Segment": a model + a raster layer → a ``predict`` job → styled layers in the "GeoSSL" group.
+
+*Smoother map* is ``PredictParams.tta``: it starts as the backend's default (``/info``'s predict schema)
+and is sent only when the user changed it, so the backend's default holds otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,32 @@ from typing import Any
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QToolButton, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QToolButton, QWidget
 
 from ..client import ApiClient
 from ..layers import ClassInfo, LayerError, add_polygon_layer, add_result_layers
-from .common import NOT_CONNECTED, JobSection, extent_box, extent_params, follow_raster
+from .common import (
+    NOT_CONNECTED,
+    JobSection,
+    WrappingCheckBox,
+    extent_box,
+    extent_params,
+    follow_raster,
+    narrow,
+)
 from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, current_model, fill_model_combo, parse_models, select_model_path
+
+TTA_TEXT = "Smoother map (8 flips/rotations, 8× slower)"
+
+
+def predict_default(info: Any, name: str) -> Any:
+    """A ``PredictParams`` default as the backend's ``/info`` schema states it (None when it does not)."""
+    raw = getattr(info, "raw", None) or {}
+    try:
+        return raw["job_types"]["predict"]["schema"]["properties"][name].get("default")
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 class SegmentSection(JobSection):
@@ -49,14 +72,21 @@ class SegmentSection(JobSection):
         self.output.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output.setDialogTitle("Save the classified map as")
         self.output.lineEdit().setPlaceholderText("automatic: next to the raster, <raster>_<model>.tif")
-        self.confidence = QCheckBox("Also write a confidence raster", self)
+        self.confidence = WrappingCheckBox("Also write a confidence raster", self)
         self.confidence.setChecked(True)
-        self.polygons = QCheckBox("Also write polygons", self)
+        self.polygons = WrappingCheckBox("Also write polygons", self)
         self.polygons.setObjectName("geosslPolygons")
         self.polygons.setToolTip("A GeoPackage of the classes as polygons (class, name, mean confidence), "
                                  "<map>_polygons.gpkg")
+        self.tta = WrappingCheckBox(TTA_TEXT, self)
+        self.tta.setObjectName("geosslTta")
+        self.tta.setToolTip("Classify each tile 8 times (flipped and rotated) and average: fewer speckles and "
+                            "tile seams, 8 times the computing time")
+        self._tta_shown = False  # what the box shows while untouched
+        self._tta_default: bool | None = None  # the backend's (None: unknown, or a backend without TTA)
         self.extent = extent_box(self, "geosslSegmentExtent")
         self.run_button = self.make_run_button("Segment", "geosslRunSegment")
+        narrow(self.model, 6)  # beside two buttons
 
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
@@ -68,6 +98,7 @@ class SegmentSection(JobSection):
         form.addRow("Output", self.output)
         form.addRow("", self.confidence)
         form.addRow("", self.polygons)
+        form.addRow("", self.tta)
         form.addRow(self.extent)
         form.addRow(self.run_button)
         self.raster.layerChanged.connect(self._on_raster_changed)
@@ -77,8 +108,16 @@ class SegmentSection(JobSection):
 
     def set_backend(self, info: Any) -> None:
         super().set_backend(info)
-        if info is not None:
-            self.refresh_models()
+        if info is None:
+            self._tta_default = None
+            return
+        default = predict_default(info, "tta")
+        self._tta_default = default if isinstance(default, bool) else None
+        if self._tta_default is not None:
+            if self.tta.isChecked() == self._tta_shown:  # untouched: follow the backend's default
+                self.tta.setChecked(self._tta_default)
+            self._tta_shown = self._tta_default
+        self.refresh_models()
 
     def set_map_canvas(self, canvas: QgsMapCanvas | None) -> None:
         super().set_map_canvas(canvas)
@@ -137,6 +176,8 @@ class SegmentSection(JobSection):
             params["confidence"] = str(Path(out).with_name(Path(out).stem + "_confidence.tif"))
         if self.polygons.isChecked():
             params["vector"] = str(Path(out).with_name(Path(out).stem + "_polygons.gpkg"))
+        if self.tta.isChecked() != bool(self._tta_default):  # only a choice that differs from the backend's
+            params["tta"] = self.tta.isChecked()
         return params
 
     def export_onnx(self) -> None:

@@ -42,7 +42,15 @@ from qgis.PyQt.QtWidgets import (
 
 from ..client import ApiClient
 from ..layers import LayerError, result_group
-from .common import NOT_CONNECTED, JobSection, class_field_combo, model_output, polygon_combo
+from .common import (
+    NOT_CONNECTED,
+    JobSection,
+    class_field_combo,
+    model_output,
+    narrow,
+    polygon_combo,
+    show_class_field,
+)
 from .finetune_section import safe_name
 from .models import SEGMENTATION, ModelEntry, current_model, fill_model_combo, parse_models, select_model_path
 
@@ -113,7 +121,7 @@ class SuggestSection(JobSection):
         self.polygons.setToolTip("Your training polygons: their ground is never suggested again")
         self.class_field = class_field_combo(self)
         self.class_field.setObjectName("geosslSuggestClassField")
-        self.polygons.layerChanged.connect(self.class_field.setLayer)
+        self.polygons.layerChanged.connect(lambda layer: show_class_field(self.class_field, layer))
         self.count = QSpinBox(self)
         self.count.setObjectName("geosslSuggestCount")
         self.count.setRange(1, 100)
@@ -130,6 +138,7 @@ class SuggestSection(JobSection):
             self.score.addItem(label, value)
             self.score.setItemData(i, tip, Qt.ToolTipRole)
         self.score.setToolTip("How squares are ranked")
+        narrow(self.score)
         self.run_button = self.make_run_button("Suggest where to label next", "geosslRunSuggest")
         self.table = QTableWidget(0, 3, self)
         self.table.setObjectName("geosslSuggestions")

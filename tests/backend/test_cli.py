@@ -139,3 +139,98 @@ def test_predict_within_an_extent(trained, capsys, tmp_path):
     code, _, err = geossl(capsys, "predict", "--model", trained["model"], "--raster", trained["raster"],
                           "--out", tmp_path / "none.tif", "--extent", *map(str, lonlat), "--extent-crs", "EPSG:4326")
     assert code == 2 and "does not overlap" in err and not (tmp_path / "none.tif").exists()
+
+
+# --- flags → schema: every default is FinetuneParams'/PredictParams' --------------------------------
+
+REQUIRED = ["--raster", "r.tif", "--labels", "l.gpkg", "--class-field", "fclass", "--out", "m.pt"]
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The parameters ``finetune``/``predict`` would run with (nothing trains: the run is replaced)."""
+    import geossl.finetune
+    import geossl.predict
+
+    seen: dict = {}
+
+    def fake(params, _progress):
+        seen["params"] = params
+        return {}
+
+    monkeypatch.setattr(geossl.finetune, "run_finetune", fake)
+    monkeypatch.setattr(geossl.predict, "run_predict", fake)
+    monkeypatch.setattr("geossl.cli._summary", lambda *_: "")
+    return seen
+
+
+def test_finetune_without_options_gets_the_schemas_recipe(captured, capsys):
+    from geossl.schemas import DEFAULT_FINETUNE_MINUTES, FinetuneParams
+
+    assert geossl(capsys, "finetune", *REQUIRED)[0] == 0
+    params = captured["params"]
+    assert params.model_fields_set == {"rasters", "labels", "class_field", "out", "minutes"}, \
+        "only the given flags (and the budget the schema fills in)"
+    assert params.minutes == DEFAULT_FINETUNE_MINUTES == 8 and params.steps is None and params.epochs is None
+    defaults = FinetuneParams(rasters=["r.tif"], labels="l.gpkg", class_field="fclass", out="m.pt")
+    assert params == defaults
+
+
+def test_finetune_flags_minutes_and_recipe_reach_the_params(captured, capsys):
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--minutes", "3", "--max-steps", "40", "--tile", "64",
+                          "--no-amp", "--recipe", "ema=0.9", "--recipe", "pixel-path=true", "--recipe",
+                          "class_balance=0", "--colour", "water=#0000ff")
+    assert code == 0, err
+    params = captured["params"]
+    assert (params.minutes, params.max_steps, params.tile, params.amp) == (3.0, 40, 64, False)
+    assert params.ema == 0.9 and params.pixel_path is True and params.class_balance == 0.0
+    assert params.colours == {"water": "#0000ff"} and params.batch == 8
+    assert geossl(capsys, "finetune", *REQUIRED, "--steps", "5")[0] == 0
+    assert captured["params"].steps == 5 and captured["params"].minutes is None
+
+
+def test_bad_budgets_and_recipes_are_refused(captured, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", *REQUIRED, "--minutes", "3", "--steps", "4"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--recipe", "emma=0.9")
+    assert code == 2 and "unknown key 'emma'" in err and "class_balance" in err and "pseudo_threshold" in err
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--recipe", "ema=lots")
+    assert code == 2 and "--recipe ema=lots: Input should be a valid number" in err
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--recipe", "ema=1.5")
+    assert code == 2 and "less than 1" in err, "the field's constraints apply, not only its type"
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--tile", "64", "--recipe", "tile=128")
+    assert code == 2 and "'tile' is given twice" in err
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--recipe", "ema")
+    assert code == 2 and "is not KEY=VALUE" in err
+    code, _, err = geossl(capsys, "finetune", *REQUIRED, "--recipe", "minutes=2", "--steps", "3")
+    assert code == 2 and "not both" in err
+    assert "params" not in captured, "nothing ran"
+
+
+def test_help_quotes_the_schemas_defaults(capsys):
+    from geossl.schemas import DEFAULT_FINETUNE_MINUTES, FinetuneParams, PredictParams
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_FINETUNE_MINUTES:g} min" in text
+    for name in ("tile", "batch", "steps_per_epoch", "patience"):
+        assert f"(default: {FinetuneParams.model_fields[name].default})" in text, name
+    assert "--recipe KEY=VALUE" in text and "--max-steps N" in text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"tiles per forward pass (default: {PredictParams.model_fields['batch'].default})" in text
+    assert "--tta" in text and "default: off" in text
+
+
+def test_predict_passes_only_the_flags_given(captured, capsys):
+    base = ["predict", "--model", "m.pt", "--raster", "r.tif", "--out", "c.tif"]
+    assert geossl(capsys, *base)[0] == 0
+    params = captured["params"]
+    assert params.model_fields_set == {"model", "raster", "out"} and params.tta is False and params.batch == 8
+    assert geossl(capsys, *base, "--tta", "--batch", "2", "--device", "cpu")[0] == 0
+    params = captured["params"]
+    assert params.model_fields_set == {"model", "raster", "out", "tta", "batch", "device"}
+    assert params.tta is True and params.batch == 2 and params.device == "cpu"

@@ -145,7 +145,7 @@ def build() -> None:
             QTimer.singleShot(1500, lambda: done(stage="connected"))
             return
         section = dock.finetune_section
-        section.budget.spin.setValue(int(finetune.get("steps", 20)))
+        section.use_steps(int(finetune.get("steps", 20)))
         section.tile.setValue(int(finetune.get("tile", 64)))
         section.batch.setValue(int(finetune.get("batch", 8)))
         section.model_name.setText(str(finetune.get("name", "demo")))

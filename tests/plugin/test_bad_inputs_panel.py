@@ -56,7 +56,7 @@ def test_backend_refusal_is_shown_in_the_message_bar(case: str, expected: str, d
         section = dock.finetune_section
         section.rasters.set_checked([raster])
         section.polygons.setLayer(polygons)
-        section.budget.spin.setValue(4)
+        section.use_steps(4)
         section.tile.setValue(32)
         section.batch.setValue(2)
         section.run_button.click()

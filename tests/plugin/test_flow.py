@@ -158,9 +158,17 @@ def _fill_finetune(dock: GeoSSLDock, raster: QgsRasterLayer, polygons: QgsVector
     section = dock.finetune_section
     section.rasters.set_checked([raster])
     section.polygons.setLayer(polygons)
-    section.budget.spin.setValue(steps)
+    section.use_steps(steps)
     section.tile.setValue(TINY["tile"])
     section.batch.setValue(TINY["batch"])
+
+
+def test_the_panel_shows_the_backends_recipe(dock: GeoSSLDock) -> None:
+    """The real /info: its default budget in the Training combo, FinetuneParams' tile and batch, TTA off."""
+    section = dock.finetune_section
+    assert section.duration.itemText(0) == "Default (≈ 8 min)" and section.duration.currentIndex() == 0
+    assert (section.tile.value(), section.batch.value()) == (256, 8)
+    assert not dock.segment_section.tta.isChecked() and dock.segment_section._tta_default is False
 
 
 def test_finetune_then_segment_through_the_panel(dock: GeoSSLDock, layers: Any, qtbot: Any, iface: Any,

@@ -222,7 +222,7 @@ def test_finetune_parameters_are_exactly_the_schema_fields(project: QgsProject, 
         section = dock.finetune_section
         section.rasters.set_checked([raster])
         section.polygons.setLayer(polygons)
-        section.budget.spin.setValue(4)
+        section.use_steps(4)
         section.tile.setValue(32)
         section.batch.setValue(2)
         params = section.params(out=str(tmp_path / "m.pt"))
