@@ -75,10 +75,10 @@ def finetune_cmd(rasters, gpkg: Path, out: Path, seed: int, init: str | None, fi
 
 
 def run_one(key: str, scenes, used, gpkg: Path, work: Path, seed: int, init: str | None, args) -> dict:
-    from tests.bench.fewlabel import result
-
     from geossl.predict import run_predict
     from geossl.schemas import PredictParams
+
+    from tests.bench.fewlabel import result
 
     model = work / f"model_{key}.pt"
     cmd = finetune_cmd([s.image for s in scenes], gpkg, model, seed, init, args.finetune)
