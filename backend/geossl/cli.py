@@ -85,7 +85,7 @@ FINETUNE_FLAGS = {"raster": "rasters", "labels": "labels", "class_field": "class
                   "device": "device", "resume": "resume"}
 PREDICT_FLAGS = {"model": "model", "raster": "raster", "out": "out", "confidence": "confidence", "tile": "tile",
                  "overlap": "overlap", "batch": "batch", "device": "device", "tta": "tta", "extent": "extent",
-                 "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
+                 "forest_weight": "forest_weight", "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def _recipe(items: Sequence[str] | None, given: dict[str, Any]) -> dict[str, Any
     """``--recipe KEY=VALUE`` pairs as FinetuneParams fields, each parsed to its field's type.
 
     The value is read as JSON first (numbers, true/false, null, lists, objects), else as text, so
-    ``ema=0.9``, ``pixel_path=true`` and ``encoder=resnet34`` all mean what they say.
+    ``ema=0.9``, ``forest=true``, ``forest_texture=[5,11]`` and ``encoder=resnet34`` all mean what they say.
     """
     known = sorted(FinetuneParams.model_fields)
     out: dict[str, Any] = {}
@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true", default=None,
                     help="smoother map: average the model over the 8 flips/rotations of every tile (8× the "
                          "compute; default: " + ("on" if PredictParams.model_fields["tta"].default else "off") + ")")
+    pr.add_argument("--forest-weight", type=float, metavar="W", help="share of the model's per-pixel forest in "
+                    "the map, 0–1 (default: the share chosen on the validation polygons; 0: the network alone)")
     pr.add_argument("--vector", metavar="OUT.gpkg", help="also write the classes as polygons (class id, name, "
                     "mean confidence), styled by OUT.qml")
     pr.add_argument("--min-area", type=float, metavar="A", help="with --vector: merge regions smaller than A "

@@ -136,6 +136,45 @@ def load_labelled_window(
     return x, y
 
 
+def labelled_pixels(polys: Sequence[LabelPolygons], stats: BandStats, features, halo: int, max_pixels: int,
+                    seed: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Features (P, F) and class indices (P,) of labelled pixels, for a per-pixel classifier.
+
+    The rasters are read in ``block``² windows (plus ``halo`` pixels each side for neighbourhood
+    features) that hold polygons, never whole; when the polygons label more than ``max_pixels``
+    pixels, each block keeps a random share, so memory stays bounded by the cap. ``features``:
+    (C, h, w) normalised window → (F, h, w).
+    """
+    rng = np.random.default_rng([seed, 4099])
+    total = sum(int(p.pixel_count.sum()) for p in polys)
+    keep = min(1.0, max_pixels / max(total, 1))
+    readers = _RasterReaders([p.raster for p in polys])
+    xs, ys = [], []
+    for r, p in enumerate(polys):
+        if not len(p.geoms):
+            continue
+        info = p.raster
+        for y0 in range(0, info.height, block):
+            for x0 in range(0, info.width, block):
+                win = Window(x0, y0, min(block, info.width - x0), min(block, info.height - y0))
+                labels = p.rasterize(win)
+                labelled = labels != IGNORE_INDEX
+                if not labelled.any():
+                    continue
+                outer = Window(x0 - halo, y0 - halo, win.width + 2 * halo, win.height + 2 * halo)
+                data, valid = readers.read(WindowRef(r, outer))
+                feats = features(stats.normalise(data, valid))[:, halo:halo + int(win.height),
+                                                               halo:halo + int(win.width)]
+                ok = labelled & valid[halo:halo + int(win.height), halo:halo + int(win.width)]
+                if keep < 1.0:
+                    ok &= rng.random(ok.shape) < keep
+                xs.append(feats[:, ok].T)
+                ys.append(labels[ok])
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+
+
 # --- unlabeled windows for self-supervised pretraining --------------------------------------------
 
 MAX_NODATA = 0.3  # windows with a larger share of nodata pixels are redrawn

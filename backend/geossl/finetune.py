@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from .budget import StepPlan, measure_seconds, steps_for
 from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .classes import IGNORE_INDEX, ClassTable
-from .datasets import LabelledTiles, WindowTiles
+from .datasets import LabelledTiles, WindowTiles, labelled_pixels
 from .errors import GeoSSLError
+from .forest import ForestHead, fit_forest, pixel_features
 from .labels import load_label_polygons, read_vector, split_polygons, value_names
 from .metrics import confusion_matrix, scores
 from .models import autocast, build_model, pick_device, prepare
@@ -140,6 +141,47 @@ def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     return cm
 
 
+def fit_pixel_forest(polys: list, stats: BandStats, params: FinetuneParams, num_classes: int) -> ForestHead:
+    """The per-pixel forest of :mod:`geossl.forest`, fitted on the training polygons' pixels."""
+    texture = tuple(params.forest_texture)
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return pixel_features(torch.from_numpy(x)[None], texture)[0].numpy()
+
+    x, y = labelled_pixels(polys, stats, features, max(texture, default=1) // 2, params.forest_pixels, params.seed)
+    packed = fit_forest(x, y, num_classes, params.seed, jobs=max(1, torch.get_num_threads()))
+    return ForestHead.from_packed(packed, x.shape[1])
+
+
+FOREST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def choose_forest_weight(model: nn.Module, forest: ForestHead, val_loader: DataLoader | None, num_classes: int,
+                         device: torch.device, params: FinetuneParams) -> tuple[float, dict[str, float] | None]:
+    """The forest's share of the blend: ``params.forest_weight``, else the best validation Kappa among
+    :data:`FOREST_WEIGHTS` (½ without validation polygons). Returns it and the Kappa of each."""
+    if params.forest_weight is not None:
+        return params.forest_weight, None
+    if val_loader is None:
+        return 0.5, None
+    model.eval()
+    forest = forest.to(device)
+    cms = {w: np.zeros((num_classes, num_classes), np.int64) for w in FOREST_WEIGHTS}
+    for x, y in val_loader:
+        x = x.to(device)
+        with autocast(device, params.amp):
+            deep = torch.softmax(model.context(x).float(), dim=1)
+        trees = forest(pixel_features(x.float(), tuple(params.forest_texture)))
+        for w, cm in cms.items():
+            cm += confusion_matrix(y.numpy(), ((1 - w) * deep + w * trees).argmax(1).cpu().numpy(), num_classes,
+                                   ignore=IGNORE_INDEX)
+    model.train()
+    kappas = {w: scores(cm, [str(i) for i in range(num_classes)])["kappa"] for w, cm in cms.items()}
+    best = max(FOREST_WEIGHTS, key=lambda w: (round(kappas[w], 6), -abs(w - 0.5)))
+    return best, {f"{w:g}": round(k, 4) for w, k in kappas.items()}
+
+
 def plan_steps(params: FinetuneParams, model: nn.Module, train_ds: LabelledTiles, n_val: int,
                device: torch.device, spent_s: float) -> StepPlan:
     """Steps that fit in ``params.minutes``, from a few measured steps on real windows.
@@ -218,13 +260,14 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         progress(Clock().event("labels", 0, 0, message=f"warning: {w}"))
 
     device = pick_device(params.device)
-    model = build_model(params.encoder, in_channels, len(table), params.pixel_path)
+    model = build_model(params.encoder, in_channels, len(table))
     loaded = load_pretrained(model, pretrained, params.encoder, in_channels, params.init_aspp) if pretrained else []
     outside = start.load_into(model, params.encoder, params.init_aspp) if isinstance(start, EncoderWeights) else None
     if outside is not None:
         progress(Clock().event("init", 0, 0, message=outside["summary"]))
     if warm is not None:
-        model.load_state_dict(warm["state_dict"])  # every weight, head included: training continues
+        # every weight, head included: training continues (a forest is fitted afresh on the new polygons)
+        model.load_state_dict({k: v for k, v in warm["state_dict"].items() if not k.startswith("forest.")})
     model = prepare(model, device)
     spe = params.steps_per_epoch if params.total_steps is None else min(params.steps_per_epoch, params.total_steps)
     train_ds = LabelledTiles(train_polys, stats, params.tile, spe * params.batch, params.seed,
@@ -234,6 +277,10 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     if n_val:
         val_ds = WindowTiles(val_polys, stats, validation_windows(val_polys, params.tile, params.seed))
         val_loader = DataLoader(val_ds, batch_size=params.batch, **loader_kw)
+    forest = None
+    if params.forest:
+        progress(Clock().event("forest", 0, 0, message="Fitting the per-pixel forest…"))
+        forest = fit_pixel_forest(train_polys, stats, params, len(table))
     resumed = _load_state(state_path(out), params) if params.resume and state_path(out).exists() else None
     if resumed is not None:
         plan = StepPlan(**resumed["plan"])
@@ -296,14 +343,11 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(device, params.amp):
-                context, pixel = model.parts(x)
-                logits = context if pixel is None else context + pixel
+                logits = model.context(x)
                 if flag:
                     loss = mixed_loss(loss_fn, logits, y, flag[0].to(device), params.pseudo_weight)
                 else:
                     loss = loss_fn(logits, y)
-                if pixel is not None and params.pixel_aux > 0:  # the pixel path must classify on its own too
-                    loss = loss + params.pixel_aux * loss_fn(pixel, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -340,10 +384,18 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         _save_state(spath, trainer, best, params, epoch + 1, step, history, plan)
 
     config = params.model_dump() | {"plan": plan.to_dict()}
+    state, forest_meta, blend = best["state"], None, None
+    if forest is not None:
+        final.load_state_dict(best["state"])
+        weight, blend = choose_forest_weight(final, forest, val_loader, len(table), device, params)
+        final.attach_forest(forest.to(device), tuple(params.forest_texture), weight)
+        forest_meta = final.forest_meta() | {"validation_kappa": blend}
+        state = {k: v.detach().cpu() for k, v in final.state_dict().items()}
+        progress(clock.event("forest", step, total, message=f"Blending the forest at weight {weight:g}."))
     save_checkpoint(
-        out, "segmentation", best["state"],
+        out, "segmentation", state,
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
-        pixel_path=params.pixel_path,
+        forest=forest_meta,
         classes=table.to_dict(), band_stats=stats.to_dict(), tile=params.tile, seed=params.seed,
         config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
         init={"source": "geossl", "path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
@@ -361,6 +413,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         "epochs": len(history),
         "best_epoch": best["epoch"],
         "validation": best["metrics"],
+        "forest": forest_meta,
         "history": history,
         "warnings": warnings,
         "device": str(device),
@@ -389,7 +442,7 @@ def warm_start_params(params: FinetuneParams, warm: dict, in_channels: int) -> F
             f"The labels have class(es) {', '.join(new)} that the model '{name}' does not know "
             f"(it knows {', '.join(known)}); continuing its training cannot add a class.",
             "fine-tune a new model (without --init-model) to learn the new class(es), or remove those polygons.")
-    return params.model_copy(update={"encoder": warm["encoder"], "pixel_path": bool(warm.get("pixel_path", False))})
+    return params.model_copy(update={"encoder": warm["encoder"]})
 
 
 def state_path(out: str | Path) -> Path:

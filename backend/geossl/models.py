@@ -11,48 +11,68 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .forest import ForestHead, pixel_features
 from .schemas import ENCODERS
 
 __all__ = ["ENCODERS", "autocast", "build_model", "pick_device", "prepare"]
 
 
-class PixelPath(nn.Sequential):
-    """Per-pixel class scores from the bands alone (three 1×1 convolutions).
+class GeoDeepLab(smp.DeepLabV3Plus):
+    """smp's DeepLabV3+, optionally blended with a per-pixel forest (:mod:`geossl.forest`).
 
-    A DeepLabV3+ sees a pixel through hundreds of metres of context and, trained on a few hundred
-    polygons, learns their surroundings as much as their spectra: on new ground it can miss a lake
-    that any per-pixel classifier finds. This path adds to the context logits what the pixel's own
-    bands say, so the spectral evidence is always one step from the output.
+    With a forest the output is log((1 − w)·softmax(context) + w·forest), so every consumer that
+    takes a softmax of the output (prediction, suggestions, the ONNX export) gets the blended
+    probabilities; training uses :meth:`context` alone (the forest is fitted, not trained by SGD).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 64) -> None:
-        super().__init__(nn.Conv2d(in_channels, width, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                         nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                         nn.Conv2d(width, num_classes, 1))
-
-
-class GeoDeepLab(smp.DeepLabV3Plus):
-    """smp's DeepLabV3+ with an optional :class:`PixelPath` whose logits add to the head's."""
-
-    def __init__(self, *args, pixel_path: bool = False, **kwargs) -> None:
+    def __init__(self, *args, forest: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.pixel_head = PixelPath(kwargs["in_channels"], kwargs["classes"]) if pixel_path else None
+        self.forest: ForestHead | None = None
+        self.texture: tuple[int, ...] = ()
+        self.forest_weight = 0.0  # in the model file's ``forest`` entry, not the state dict (old files load)
+        if forest:
+            self.attach_forest(ForestHead(forest["features"], kwargs["classes"], forest["trees"], forest["nodes"],
+                                          forest["depth"]), forest["texture"], forest["weight"])
+
+    def attach_forest(self, head: ForestHead, texture: tuple[int, ...], weight: float) -> None:
+        self.forest, self.texture, self.forest_weight = head, tuple(texture), float(weight)
+
+    def forest_meta(self) -> dict | None:
+        """What :func:`build_model` needs to rebuild the forest's buffers before loading a state dict."""
+        if self.forest is None:
+            return None
+        t, n = self.forest.feature.shape
+        return {"trees": t, "nodes": n, "depth": self.forest.depth, "features": self.forest.num_features,
+                "texture": list(self.texture), "weight": self.forest_weight}
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """The DeepLabV3+ logits alone."""
+        return super().forward(x)
+
+    def forest_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forest(pixel_features(x, self.texture))
+
+    def blend(self, context_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1 − w)·``context_probs`` + w·forest probabilities of ``x`` (the context's alone without a forest)."""
+        if self.forest is None:
+            return context_probs
+        w = self.forest_weight
+        return (1 - w) * context_probs + w * self.forest_probs(x.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context, pixel = self.parts(x)
-        return context if pixel is None else context + pixel
-
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(context logits, pixel-path logits or None): their sum is the model's output."""
-        return super().forward(x), None if self.pixel_head is None else self.pixel_head(x)
+        logits = self.context(x)
+        if self.forest is None:
+            return logits
+        return torch.log(self.blend(torch.softmax(logits.float(), dim=1), x).clamp_min(1e-8))
 
 
-def build_model(encoder: str, in_channels: int, num_classes: int, pixel_path: bool = False) -> smp.DeepLabV3Plus:
-    """A randomly initialised DeepLabV3+ with ``in_channels`` input bands and ``num_classes`` outputs."""
+def build_model(encoder: str, in_channels: int, num_classes: int, forest: dict | None = None) -> GeoDeepLab:
+    """A randomly initialised DeepLabV3+ with ``in_channels`` input bands and ``num_classes`` outputs;
+    ``forest``: the ``forest`` entry of a model file (empty buffers of that shape, to load into)."""
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
     return GeoDeepLab(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes,
-                      pixel_path=pixel_path)
+                      forest=forest)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

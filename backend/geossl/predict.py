@@ -37,10 +37,13 @@ from .tiling import RowBuffer, predict_stripes
 from .vectorize import check_vector_output, vectorize
 
 
-def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str, device: torch.device, forest_weight: float | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model of a file, ready for inference; ``forest_weight`` overrides its forest's share."""
     ckpt = load_checkpoint(path, "segmentation")
-    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]),
-                        bool(ckpt.get("pixel_path", False)))
+    forest = ckpt.get("forest")
+    if forest and forest_weight is not None:
+        forest = forest | {"weight": forest_weight}
+    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest)
     model.load_state_dict(ckpt["state_dict"])
     return prepare(model, device).eval(), ckpt
 
@@ -64,9 +67,16 @@ def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool, tta
     back), 8× the compute: imagery seen from above has no "up".
     """
 
+    blend = getattr(model, "blend", None)
+    context = model.context if blend is not None else model
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp):
             return torch.softmax(model(x).float(), dim=1)
+
+    def forward_context(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return torch.softmax(context(x).float(), dim=1)
 
     @torch.inference_mode()
     def predict(tiles: np.ndarray) -> np.ndarray:
@@ -78,10 +88,13 @@ def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool, tta
         total = None
         for k, flip in DIHEDRAL:
             v = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
-            p = torch.rot90(forward(v), -k, dims=(-2, -1))
+            p = torch.rot90(forward_context(v), -k, dims=(-2, -1))
             p = p.flip(-1) if flip else p
             total = p if total is None else total.add_(p)
-        return total.div_(len(DIHEDRAL)).cpu().numpy()
+        total = total.div_(len(DIHEDRAL))
+        if blend is not None:  # a per-pixel forest has no "up" either: blended once, not 8 times
+            total = blend(total, x)
+        return total.cpu().numpy()
 
     return predict
 
@@ -92,7 +105,7 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
     conf_out = check_output_path(params.confidence) if params.confidence else None
     vector_out = check_vector_output(params.vector, out) if params.vector else None
     device = pick_device(params.device)
-    model, ckpt = load_model(params.model, device)
+    model, ckpt = load_model(params.model, device, params.forest_weight)
     info = raster_info(params.raster)
     check_model_bands(ckpt, info, "predict")
     window = None

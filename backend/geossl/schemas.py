@@ -62,20 +62,25 @@ class FinetuneParams(_Params):
                                   f"without either: {DEFAULT_FINETUNE_MINUTES:g} minutes)")
     max_steps: int | None = Field(None, ge=1, description="Upper bound on the steps a minutes budget plans")
     steps_per_epoch: int = Field(50, ge=1)
-    tile: int = Field(256, ge=32, le=2048)
+    tile: int = Field(128, ge=32, le=2048, description="Window size in pixels (128: more, smaller steps fit a "
+                      "CPU budget; measured in bench/results/ablations.md)")
     batch: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of polygons per class held out")
-    class_balance: float = Field(1.0, ge=0, le=1, description="Window sampling: 1 draws every class equally "
+    class_balance: float = Field(0.0, ge=0, le=1, description="Window sampling: 1 draws every class equally "
                                  "often, 0 in proportion to its labelled area")
     photometric: float = Field(0.0, ge=0, le=1, description="Per-band gain/offset/noise augmentation "
                                "(in band standard deviations; 0: flips and rotations only)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    pixel_path: bool = Field(False, description="Add per-pixel (1×1) class scores from the bands to the "
-                             "context model's")
-    pixel_aux: float = Field(0.0, ge=0, description="Weight of a loss on the pixel path's own scores")
-    ema: float = Field(0.0, ge=0, lt=1, description="Decay of the moving average of the weights that is "
+    forest: bool = Field(True, description="Also fit a per-pixel Random Forest on the polygons' pixels and "
+                         "blend its probabilities into the map")
+    forest_texture: list[int] = Field([5], max_length=4, description="Window sizes (odd, pixels) of the "
+                                      "local mean/std features the forest sees besides the bands")
+    forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the forest in the blend "
+                                        "(default: the best of 0, ¼, ½, ¾, 1 on the validation polygons)")
+    forest_pixels: int = Field(300_000, ge=1000, description="Most labelled pixels the forest is fitted on")
+    ema: float = Field(0.995, ge=0, lt=1, description="Decay of the moving average of the weights that is "
                        "validated and saved (0: the raw weights)")
     self_training: float = Field(0.0, ge=0, le=0.75, description="Share of each batch filled with windows "
                                  "the model labels itself (confident pixels only; 0: off)")
@@ -86,7 +91,8 @@ class FinetuneParams(_Params):
     pseudo_weight: float = Field(1.0, gt=0, description="Weight of the pseudo-labelled windows' loss")
     pseudo_photometric: float = Field(0.0, ge=0, le=1, description="Per-band gain/offset/noise on the "
                                       "pseudo-labelled windows (the 'strong' view of FixMatch)")
-    patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
+    patience: int = Field(20, ge=1, description="Epochs without validation gain before stopping (the "
+                          "averaged weights keep improving slowly: a short patience stops on noise)")
     seed: int = 0
     workers: int = Field(0, ge=0, le=64)
     device: Device = "auto"
@@ -98,6 +104,13 @@ class FinetuneParams(_Params):
     @classmethod
     def _tile(cls, v: int) -> int:
         return _tile_ok(v)
+
+    @field_validator("forest_texture")
+    @classmethod
+    def _odd(cls, v: list[int]) -> list[int]:
+        if any(k < 3 or k % 2 == 0 or k > 101 for k in v):
+            raise ValueError(f"forest texture windows must be odd sizes from 3 to 101 pixels, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _budget(self) -> FinetuneParams:
@@ -146,6 +159,9 @@ class PredictParams(_Extent):
     device: Device = "auto"
     amp: bool = True
     tta: bool = Field(False, description="Average over the 8 flips/rotations of every tile (8× the compute)")
+    forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the model's per-pixel forest "
+                                        "in the map (default: the one chosen on validation polygons; 0: the "
+                                        "network alone)")
     vector: str | None = Field(None, description="Also write the classes as polygons (GeoPackage, .gpkg)")
     min_area: float | None = Field(None, gt=0, description="Vector: merge regions smaller than this area "
                                    "(map units², e.g. m²) into their neighbours first")

@@ -178,12 +178,14 @@ def test_finetune_without_options_gets_the_schemas_recipe(captured, capsys):
 
 def test_finetune_flags_minutes_and_recipe_reach_the_params(captured, capsys):
     code, _, err = geossl(capsys, "finetune", *REQUIRED, "--minutes", "3", "--max-steps", "40", "--tile", "64",
-                          "--no-amp", "--recipe", "ema=0.9", "--recipe", "pixel-path=true", "--recipe",
+                          "--no-amp", "--recipe", "ema=0.9", "--recipe", "forest=false", "--recipe",
+                          "forest-texture=[5,11]", "--recipe",
                           "class_balance=0", "--colour", "water=#0000ff")
     assert code == 0, err
     params = captured["params"]
     assert (params.minutes, params.max_steps, params.tile, params.amp) == (3.0, 40, 64, False)
-    assert params.ema == 0.9 and params.pixel_path is True and params.class_balance == 0.0
+    assert params.ema == 0.9 and params.forest is False and params.class_balance == 0.0
+    assert params.forest_texture == [5, 11]
     assert params.colours == {"water": "#0000ff"} and params.batch == 8
     assert geossl(capsys, "finetune", *REQUIRED, "--steps", "5")[0] == 0
     assert captured["params"].steps == 5 and captured["params"].minutes is None

@@ -45,7 +45,7 @@ def test_the_shipped_table_is_the_committed_few_label_results():
     shipped = load_gain_table()  # package data: what an installed backend reads
     assert shipped == build_gain_table(seed_curve())
     glcnet = shipped["datasets"]["dubai-rgb"]["curves"]["glcnet"]
-    # bench/results/fewlabel.md: "glcnet − random init: -2.0 ± 5.3 Kappa points (per seed: +2.0, +1.5, -9.4)"
+    # bench/results/archive/fewlabel_2026-11-23.md: "glcnet − random init: -2.0 ± 5.3 Kappa points (per seed: +2.0, +1.5, -9.4)"
     assert glcnet == [{"minutes": 5.25, "steps": 400, "delta_kappa": -1.96, "std": 5.29, "seeds": 3,
                        "per_seed": [2.02, 1.52, -9.43]}]
     assert set(shipped["datasets"]["sentinel2-13band"]["curves"]) == {"byol", "moco", "rs-byol"}

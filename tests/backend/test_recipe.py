@@ -14,7 +14,7 @@ from geossl.labels import load_label_polygons
 from geossl.predict import torch_predictor
 from geossl.raster_io import compute_band_stats, raster_info
 from geossl.sampling import LabelledWindowSampler
-from geossl.schemas import FinetuneParams
+from geossl.schemas import DEFAULT_FINETUNE_MINUTES, FinetuneParams
 from geossl.selftrain import PseudoLabelledTiles, pseudo_labels
 from pydantic import ValidationError
 from torch import nn
@@ -152,7 +152,9 @@ def test_minutes_and_steps_exclude_each_other(uneven):
     with pytest.raises(ValidationError, match="minutes or in steps"):
         FinetuneParams(**base, minutes=5, steps=10)
     assert FinetuneParams(**base, minutes=5).total_steps is None
-    assert FinetuneParams(**base).total_steps == 20 * 50
+    default = FinetuneParams(**base)  # nothing given: the default wall-clock budget, not a step count
+    assert default.total_steps is None and default.minutes == DEFAULT_FINETUNE_MINUTES
+    assert FinetuneParams(**base, steps=30).minutes is None
 
 
 def test_a_minutes_budget_plans_records_and_reproduces_with_steps(uneven, monkeypatch):

@@ -121,17 +121,20 @@ def summary(log: Path, out: Path) -> None:
         names = list(dict.fromkeys(r["config"] for r in rs))
         by = {n: {r["seed"]: r for r in rs if r["config"] == n} for n in names}
         ref = by[names[0]]
-        lines += [f"## {data}: {sweep}", "", "| config | overrides | Kappa | Δ vs first (per seed) | s/run | seeds |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {data}: {sweep}", "", "| config | overrides | Kappa | Δ vs first (per seed) | "
+                  "other predictions of the same models (Kappa) | s/run | seeds |", "|---|---|---|---|---|---|---|"]
         for n in names:
             k = np.array([100 * r["kappa"] for r in by[n].values()])
             common = sorted(set(by[n]) & set(ref))
             d = [100 * (by[n][s]["kappa"] - ref[s]["kappa"]) for s in common]
             secs = np.mean([r["seconds"] for r in by[n].values()])
             over = json.dumps(next(iter(by[n].values()))["overrides"])
+            variants = sorted({key[6:] for r in by[n].values() for key in r if key.startswith("kappa_")})
+            alt = ", ".join(f"{v} {100 * np.mean([r[f'kappa_{v}'] for r in by[n].values() if f'kappa_{v}' in r]):.1f}"
+                            for v in variants) or "–"
             lines.append(f"| {n} | `{over}` | {k.mean():.1f} ± {k.std():.1f} | "
                          f"{np.mean(d):+.1f} ± {np.std(d):.1f} ({', '.join(f'{x:+.1f}' for x in d)}) | "
-                         f"{secs:.0f} | {len(k)} |")
+                         f"{alt} | {secs:.0f} | {len(k)} |")
         lines.append("")
     out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -42,6 +42,7 @@ from tests.data import SHARED_DATA  # noqa: E402
 K = len(dubai.NAMES)
 DEFAULT_ROW = "GeoSSL default"
 FOREST_ROW = "random forest (RGB + texture)"
+NETWORK_ALONE = "network alone (its forest off)"
 GOALS = {"absolute": 60.0, "over_forest": 20.0, "max_std": 2.5}
 
 
@@ -84,8 +85,17 @@ def deep_row(scenes, used, gpkg: Path, work: Path, seed: int, name: str, finetun
         out = work / f"pred_{s.image.stem}.tif"
         run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out)))
         maps.append(out)
-    return result(scenes, used, maps, secs, steps=summary["steps"], plan=summary["plan"],
-                  predict_seconds=round(time.perf_counter() - t - secs, 1), threads=threads)
+    row = result(scenes, used, maps, secs, steps=summary["steps"], plan=summary["plan"],
+                 predict_seconds=round(time.perf_counter() - t - secs, 1), threads=threads,
+                 forest=summary.get("forest"))
+    if summary.get("forest"):  # the same model without its forest: what the network alone maps
+        alone = []
+        for s in scenes:
+            out = work / f"pred_alone_{s.image.stem}.tif"
+            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), forest_weight=0.0))
+            alone.append(out)
+        row["network_alone"] = result(scenes, used, alone, secs)
+    return row
 
 
 def forest_row(scenes, gpkg: Path, used, work: Path, seed: int) -> dict:
@@ -159,6 +169,9 @@ def main() -> None:
                                        torch.get_num_threads()))
             print(f"seed {seed} {name}: kappa {rows[name][-1]['kappa']:.3f} ({rows[name][-1]['train_seconds']} s)",
                   flush=True)
+            alone = rows[name][-1].pop("network_alone", None)
+            if alone is not None:
+                rows.setdefault(f"{name}: {NETWORK_ALONE}", []).append(alone)
         if not args.no_forest:
             rows[FOREST_ROW].append(forest_row(scenes, gpkg, used, work, seed))
             print(f"seed {seed} forest: kappa {rows[FOREST_ROW][-1]['kappa']:.3f}", flush=True)

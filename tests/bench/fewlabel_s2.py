@@ -76,6 +76,9 @@ def all_polygons(out: Path) -> Path:
     return out
 
 
+NETWORK_ALONE = "network alone (its forest off)"
+
+
 def score(pred: Path, test: Path) -> dict:
     r = run_evaluate(EvaluateParams(prediction=str(pred), labels=str(test), class_field=FIELD))
     return {"kappa": r["kappa"], "overall_accuracy": r["overall_accuracy"], "miou": r["miou"], "pixels": r["pixels"],
@@ -91,8 +94,13 @@ def deep_row(raster: Path, train: Path, test: Path, work: Path, seed: int, name:
     secs = time.perf_counter() - t
     pred = work / f"pred_{name.split()[0]}_{seed}.tif"
     run_predict(PredictParams(model=str(model), raster=str(raster), out=str(pred)))
-    return {**score(pred, test), "train_seconds": round(secs, 1), "steps": summary["steps"], "plan": summary["plan"],
-            "threads": threads}
+    row = {**score(pred, test), "train_seconds": round(secs, 1), "steps": summary["steps"], "plan": summary["plan"],
+           "threads": threads, "forest": summary.get("forest")}
+    if summary.get("forest"):  # the same model without its forest: what the network alone maps
+        alone = work / f"pred_{name.split()[0]}_{seed}_alone.tif"
+        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(alone), forest_weight=0.0))
+        row["network_alone"] = score(alone, test)
+    return row
 
 
 def forest_row(raster: Path, train: Path, test: Path, work: Path, seed: int) -> dict:
@@ -161,6 +169,9 @@ def main() -> None:
                                            torch.get_num_threads()))
                 print(f"{split} seed {seed} {name}: kappa {rows[name][-1]['kappa']:.3f} "
                       f"({rows[name][-1]['train_seconds']} s)", flush=True)
+                alone = rows[name][-1].pop("network_alone", None)
+                if alone is not None:
+                    rows.setdefault(f"{name}: {NETWORK_ALONE}", []).append(alone)
             rows[FOREST_ROW].append(forest_row(raster, train, test, work, seed))
             print(f"{split} seed {seed} forest: kappa {rows[FOREST_ROW][-1]['kappa']:.3f}", flush=True)
         results[split] = rows

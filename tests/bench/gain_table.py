@@ -91,9 +91,11 @@ OLD_PROTOCOL = ("Old recipe, before the budget curve: one pretraining run per me
 
 
 def seed_curve(results: Path = RESULTS) -> dict[str, Any]:
-    """The curve format of the committed few-label results (Dubai RGB and Sentinel-2)."""
-    dubai = json.loads((results / "fewlabel.json").read_text())
-    s2 = json.loads((results / "fewlabel_s2.json").read_text())
+    """The curve format of the few-label results of 2026-11-23 (Dubai RGB and Sentinel-2, archived: the
+    tables of the old 150/300-step recipe, the only pretrained-vs-random pairs measured until the curve
+    bench, :mod:`tests.bench.pretrain_curve`, replaces them)."""
+    dubai = json.loads((results / "archive" / "fewlabel_2026-11-23.json").read_text())
+    s2 = json.loads((results / "archive" / "fewlabel_s2_2026-11-23.json").read_text())
     ft = dubai["meta"]["finetune"]
     datasets = {
         "dubai-rgb": curve_from_fewlabel(

@@ -167,7 +167,7 @@ def test_the_panel_shows_the_backends_recipe(dock: GeoSSLDock) -> None:
     """The real /info: its default budget in the Training combo, FinetuneParams' tile and batch, TTA off."""
     section = dock.finetune_section
     assert section.duration.itemText(0) == "Default (≈ 8 min)" and section.duration.currentIndex() == 0
-    assert (section.tile.value(), section.batch.value()) == (256, 8)
+    assert (section.tile.value(), section.batch.value()) == (128, 8)
     assert not dock.segment_section.tta.isChecked() and dock.segment_section._tta_default is False
 
 

@@ -1,0 +1,152 @@
+"""A per-pixel Random Forest inside the model: the spectral evidence a context model forgets.
+
+Trained on a few hundred polygons, a DeepLabV3+ recognises land cover by its surroundings as much
+as by its spectra, and on new ground it can miss what any per-pixel classifier finds (a lake of
+another shape, a field of another size). A Random Forest on the same pixels makes the opposite
+errors: on the development data their averaged probabilities beat both (``bench/results/
+ablations.md``). So a fine-tune also fits a small forest on its polygons' pixels (seconds, with
+scikit-learn), and the model blends the two.
+
+The fitted trees are packed into plain tensors (split feature, threshold, children, leaf class
+probabilities), so the forest lives in the model file like any weight — loaded with
+``weights_only``, never unpickled — and is evaluated by :class:`ForestHead` with torch ops
+(gather along the tree, one level at a time for every tree and pixel at once): on the CPU, the GPU
+and in the ONNX export alike, with no scikit-learn at prediction time.
+
+Features are what the model sees: the normalised bands, plus their local mean and standard
+deviation over ``texture`` window sizes (box filters, so a grey roof and a grey road differ by
+their surroundings), computed by the same code in training and prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TREES = 32
+MIN_LEAF = 3
+MAX_DEPTH = 20  # a prediction costs trees × depth lookups per pixel: this keeps it near the network's cost
+MAX_SAMPLES = 20_000  # pixels per tree (bootstrap): keeps the packed forest a few MB
+
+
+def pixel_features(x: torch.Tensor, texture: Sequence[int]) -> torch.Tensor:
+    """(B, C, H, W) normalised bands → (B, C·(1 + 2·len(texture)), H, W): bands, local mean and std."""
+    feats = [x]
+    for size in texture:
+        pad = size // 2
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        mean, sq = (_box(v, size) for v in (padded, padded * padded))
+        feats += [mean, (sq - mean * mean).clamp_min(0).sqrt()]
+    return torch.cat(feats, dim=1)
+
+
+def _box(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over ``size``² windows (no padding), separably: 2·size operations a pixel, not size²."""
+    return F.avg_pool2d(F.avg_pool2d(x, (1, size), stride=1), (size, 1), stride=1)
+
+
+@dataclass
+class PackedForest:
+    """A fitted forest as arrays; node 0 of each tree is its root, a leaf points to itself."""
+
+    feature: np.ndarray  # (T, N) int64, split feature (0 at leaves)
+    threshold: np.ndarray  # (T, N) float32, go left when x <= threshold (+inf at leaves)
+    left: np.ndarray  # (T, N) int64
+    right: np.ndarray  # (T, N) int64
+    value: np.ndarray  # (T, N, K) float16, class probabilities at leaves
+    depth: int
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
+                for k in ("feature", "threshold", "left", "right", "value")}
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, trees: int = TREES,
+               min_leaf: int = MIN_LEAF, max_depth: int = MAX_DEPTH, max_samples: int = MAX_SAMPLES, jobs: int | None = None) -> PackedForest:
+    """Fit on (P, F) features and (P,) class indices; classes absent from ``y`` get probability 0."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rf = RandomForestClassifier(n_estimators=trees, min_samples_leaf=min_leaf, max_depth=max_depth,
+                                max_features="sqrt",
+                                max_samples=min(max_samples, len(y)), n_jobs=jobs, random_state=seed)
+    rf.fit(x, y)
+    return pack(rf, num_classes)
+
+
+def pack(rf, num_classes: int) -> PackedForest:
+    """scikit-learn's trees → :class:`PackedForest` (padded to the largest tree)."""
+    trees = [e.tree_ for e in rf.estimators_]
+    n = max(t.node_count for t in trees)
+    t_count = len(trees)
+    feature = np.zeros((t_count, n), np.int64)
+    threshold = np.full((t_count, n), np.inf, np.float32)
+    left = np.tile(np.arange(n), (t_count, 1))
+    right = left.copy()
+    value = np.zeros((t_count, n, num_classes), np.float16)
+    for i, t in enumerate(trees):
+        m = t.node_count
+        leaf = t.children_left[:m] < 0
+        feature[i, :m] = np.where(leaf, 0, t.feature[:m])
+        threshold[i, :m] = np.where(leaf, np.inf, t.threshold[:m])
+        left[i, :m] = np.where(leaf, np.arange(m), t.children_left[:m])
+        right[i, :m] = np.where(leaf, np.arange(m), t.children_right[:m])
+        counts = t.value[:m, 0, :]
+        probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+        value[i, :m][:, rf.classes_] = probs.astype(np.float16)
+    depth = max(int(t.max_depth) for t in trees)
+    return PackedForest(feature, threshold, left, right, value, depth)
+
+
+class ForestHead(nn.Module):
+    """Evaluates a :class:`PackedForest` on feature maps: (B, F, H, W) → (B, K, H, W) probabilities."""
+
+    def __init__(self, num_features: int, num_classes: int, trees: int = 1, nodes: int = 1, depth: int = 0) -> None:
+        super().__init__()
+        self.num_features, self.depth = num_features, depth
+        self.register_buffer("feature", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("threshold", torch.full((trees, nodes), float("inf")))
+        self.register_buffer("left", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("right", torch.zeros(trees, nodes, dtype=torch.long))
+        self.register_buffer("value", torch.zeros(trees, nodes, num_classes, dtype=torch.float16))
+
+    @classmethod
+    def from_packed(cls, packed: PackedForest, num_features: int) -> ForestHead:
+        t, n, k = packed.value.shape
+        head = cls(num_features, k, t, n, packed.depth)
+        for name, tensor in packed.tensors().items():
+            getattr(head, name).copy_(tensor)
+        return head
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b, f, h, w = feats.shape
+        x = feats.permute(1, 0, 2, 3).reshape(f, -1)  # (F, P)
+        chunks = [self._probs(x[:, i:i + CHUNK]) for i in range(0, x.shape[1], CHUNK)]
+        probs = torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]  # (P, K)
+        return probs.T.reshape(-1, b, h, w).permute(1, 0, 2, 3)
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(F, P) features → (P, K) mean leaf probabilities, every tree one level per iteration.
+
+        Flat ``take``s on contiguous arrays (advanced indexing is an order of magnitude slower);
+        a leaf points to itself, so a pixel that reached one stays there until the deepest tree ends."""
+        t, n = self.feature.shape
+        f, p = x.shape
+        xt = x.T.contiguous().reshape(-1)  # (P·F): a pixel's features side by side
+        idx = torch.int32 if xt.numel() < 2**31 and t * n * 2 < 2**31 else torch.long  # int32 gathers: 2× faster
+        base = (torch.arange(p, device=x.device, dtype=idx) * f)[None, :].expand(t, p).reshape(-1)
+        feature, threshold = self.feature.reshape(-1).to(idx), self.threshold.reshape(-1)
+        roots = (torch.arange(t, device=x.device, dtype=idx) * n)
+        children = (torch.stack((self.left, self.right), dim=-1).to(idx) + roots[:, None, None]).reshape(-1)
+        node = roots[:, None].expand(t, p).reshape(-1)  # (T·P) flat node index: every pixel at every root
+        for _ in range(self.depth):
+            right = xt.index_select(0, base + feature.index_select(0, node)) > threshold.index_select(0, node)
+            node = children.index_select(0, node * 2 + right.to(idx))
+        return self.value.reshape(t * n, -1).index_select(0, node).reshape(t, p, -1).float().mean(dim=0)
+
+
+CHUNK = 65_536  # pixels per pass: (trees × chunk) node indices stay ~32 MB
