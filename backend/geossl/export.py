@@ -143,10 +143,13 @@ def run_export(params: ExportParams, progress: ProgressCallback = null_progress)
     stats = BandStats.from_dict(ckpt["band_stats"])
     model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), ckpt.get("forest"))
     model.load_state_dict(ckpt["state_dict"])
+    if model.forest is not None:
+        model.forest.single_pass = True  # the exported graph takes any batch size
     module = DeepnessModel(model, stats).eval()
     clock = Clock()
     progress(clock.event("export", 0, 2, message=f"Exporting {Path(params.model).name} to ONNX ({tile}×{tile} tiles)…"))
-    example = torch.from_numpy(np.random.default_rng(0).normal(0, 1.5, (1, int(ckpt["in_channels"]), tile, tile))
+    # two tiles: an example batch of 1 lets the exporter fix the batch size through a reshape
+    example = torch.from_numpy(np.random.default_rng(0).normal(0, 1.5, (2, int(ckpt["in_channels"]), tile, tile))
                                .astype(np.float32))
     try:
         proto = _export_graph(module, example, params.opset)

@@ -391,7 +391,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         final.attach_forest(forest.to(device), tuple(params.forest_texture), weight)
         forest_meta = final.forest_meta() | {"validation_kappa": blend}
         state = {k: v.detach().cpu() for k, v in final.state_dict().items()}
-        progress(clock.event("forest", step, total, message=f"Blending the forest at weight {weight:g}."))
+        progress(clock.event("fine-tune", step, total, message=f"Blending the forest at weight {weight:g}."))
     save_checkpoint(
         out, "segmentation", state,
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),

@@ -108,6 +108,7 @@ class ForestHead(nn.Module):
     def __init__(self, num_features: int, num_classes: int, trees: int = 1, nodes: int = 1, depth: int = 0) -> None:
         super().__init__()
         self.num_features, self.depth = num_features, depth
+        self.single_pass = False  # set for graph export: no Python branch on the input size
         self.register_buffer("feature", torch.zeros(trees, nodes, dtype=torch.long))
         self.register_buffer("threshold", torch.full((trees, nodes), float("inf")))
         self.register_buffer("left", torch.zeros(trees, nodes, dtype=torch.long))
@@ -125,19 +126,23 @@ class ForestHead(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         b, f, h, w = feats.shape
         x = feats.permute(1, 0, 2, 3).reshape(f, -1)  # (F, P)
-        chunks = [self._probs(x[:, i:i + CHUNK]) for i in range(0, x.shape[1], CHUNK)]
-        probs = torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]  # (P, K)
+        if self.single_pass:
+            probs = self._probs(x, torch.long)  # one pass, no branch on the (dynamic) batch size
+        else:
+            idx = torch.int32 if x.shape[1] * f < 2**31 and self.feature.numel() * 2 < 2**31 else torch.long
+            chunks = [self._probs(x[:, i:i + CHUNK], idx) for i in range(0, x.shape[1], CHUNK)]
+            probs = torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]  # (P, K)
         return probs.T.reshape(-1, b, h, w).permute(1, 0, 2, 3)
 
-    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+    def _probs(self, x: torch.Tensor, idx: torch.dtype) -> torch.Tensor:
         """(F, P) features → (P, K) mean leaf probabilities, every tree one level per iteration.
 
         Flat ``take``s on contiguous arrays (advanced indexing is an order of magnitude slower);
-        a leaf points to itself, so a pixel that reached one stays there until the deepest tree ends."""
+        a leaf points to itself, so a pixel that reached one stays there until the deepest tree ends.
+        ``idx``: the index dtype (int32 gathers are twice as fast as int64 on the CPU)."""
         t, n = self.feature.shape
         f, p = x.shape
         xt = x.T.contiguous().reshape(-1)  # (P·F): a pixel's features side by side
-        idx = torch.int32 if xt.numel() < 2**31 and t * n * 2 < 2**31 else torch.long  # int32 gathers: 2× faster
         base = (torch.arange(p, device=x.device, dtype=idx) * f)[None, :].expand(t, p).reshape(-1)
         feature, threshold = self.feature.reshape(-1).to(idx), self.threshold.reshape(-1)
         roots = (torch.arange(t, device=x.device, dtype=idx) * n)

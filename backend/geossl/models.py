@@ -54,14 +54,14 @@ class GeoDeepLab(smp.DeepLabV3Plus):
 
     def blend(self, context_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(1 − w)·``context_probs`` + w·forest probabilities of ``x`` (the context's alone without a forest)."""
-        if self.forest is None:
-            return context_probs
         w = self.forest_weight
+        if self.forest is None or w == 0:  # no trees walked for a share of 0
+            return context_probs
         return (1 - w) * context_probs + w * self.forest_probs(x.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.context(x)
-        if self.forest is None:
+        if self.forest is None or self.forest_weight == 0:
             return logits
         return torch.log(self.blend(torch.softmax(logits.float(), dim=1), x).clamp_min(1e-8))
 

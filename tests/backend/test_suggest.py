@@ -422,15 +422,16 @@ def test_warm_start_first_step_loss_is_the_loaded_models_loss(trained):
 
     ck = load_checkpoint(trained["model"], "segmentation")
     seed_everything(5)
-    model = build_model(ck["encoder"], 3, 2)  # same RNG draws as the run before it loads the weights
+    model = build_model(ck["encoder"], 3, 2, ck.get("forest"))  # same RNG draws as the run before it loads
     model.load_state_dict(ck["state_dict"])
     model.train()
     polys, _, _ = load_label_polygons(trained["labels"], "class", [raster_info(trained["raster"])],
                                       table=ClassTable.from_dict(ck["classes"]))
     train, _ = split_polygons(polys, 0.0, 5)
-    ds = LabelledTiles(train, BandStats.from_dict(ck["band_stats"]), 32, 50 * 4, 5)
+    ds = LabelledTiles(train, BandStats.from_dict(ck["band_stats"]), 32, 50 * 4, 5,
+                       balance=FinetuneParams.model_fields["class_balance"].default)
     x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=False, drop_last=True)))
-    expected = torch.nn.CrossEntropyLoss(ignore_index=255)(model(x), y).item()
+    expected = torch.nn.CrossEntropyLoss(ignore_index=255)(model.context(x), y).item()  # SGD trains the network
     assert first == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert first < 0.5 * cold_first, (first, cold_first)
     saved = load_checkpoint(d / "warm.pt", "segmentation")
