@@ -127,31 +127,38 @@ class ForestHead(nn.Module):
         b, f, h, w = feats.shape
         x = feats.permute(1, 0, 2, 3).reshape(f, -1)  # (F, P)
         if self.single_pass:
-            probs = self._probs(x, torch.long)  # one pass, no branch on the (dynamic) batch size
+            probs = self._probs(x, self._tables(torch.long))  # one pass, no branch on the (dynamic) batch size
         else:
             idx = torch.int32 if x.shape[1] * f < 2**31 and self.feature.numel() * 2 < 2**31 else torch.long
-            chunks = [self._probs(x[:, i:i + CHUNK], idx) for i in range(0, x.shape[1], CHUNK)]
+            tables = self._tables(idx)  # once per call, shared by every chunk
+            chunks = [self._probs(x[:, i:i + CHUNK], tables) for i in range(0, x.shape[1], CHUNK)]
             probs = torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]  # (P, K)
         return probs.T.reshape(-1, b, h, w).permute(1, 0, 2, 3)
 
-    def _probs(self, x: torch.Tensor, idx: torch.dtype) -> torch.Tensor:
+    def _tables(self, idx: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat node tables in index dtype ``idx`` (int32 gathers are twice as fast as int64 on the CPU):
+        split feature, threshold, children (left then right, as flat node indices) and the roots."""
+        t, n = self.feature.shape
+        roots = torch.arange(t, device=self.feature.device, dtype=idx) * n
+        children = (torch.stack((self.left, self.right), dim=-1).to(idx) + roots[:, None, None]).reshape(-1)
+        return self.feature.reshape(-1).to(idx), self.threshold.reshape(-1), children, roots
+
+    def _probs(self, x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """(F, P) features → (P, K) mean leaf probabilities, every tree one level per iteration.
 
-        Flat ``take``s on contiguous arrays (advanced indexing is an order of magnitude slower);
-        a leaf points to itself, so a pixel that reached one stays there until the deepest tree ends.
-        ``idx``: the index dtype (int32 gathers are twice as fast as int64 on the CPU)."""
-        t, n = self.feature.shape
+        ``index_select`` on flat contiguous arrays (advanced indexing is several times slower); a
+        leaf points to itself, so a pixel that reached one stays there until the deepest tree ends."""
+        feature, threshold, children, roots = tables
+        t = roots.shape[0]
         f, p = x.shape
+        idx = roots.dtype
         xt = x.T.contiguous().reshape(-1)  # (P·F): a pixel's features side by side
         base = (torch.arange(p, device=x.device, dtype=idx) * f)[None, :].expand(t, p).reshape(-1)
-        feature, threshold = self.feature.reshape(-1).to(idx), self.threshold.reshape(-1)
-        roots = (torch.arange(t, device=x.device, dtype=idx) * n)
-        children = (torch.stack((self.left, self.right), dim=-1).to(idx) + roots[:, None, None]).reshape(-1)
         node = roots[:, None].expand(t, p).reshape(-1)  # (T·P) flat node index: every pixel at every root
         for _ in range(self.depth):
             right = xt.index_select(0, base + feature.index_select(0, node)) > threshold.index_select(0, node)
             node = children.index_select(0, node * 2 + right.to(idx))
-        return self.value.reshape(t * n, -1).index_select(0, node).reshape(t, p, -1).float().mean(dim=0)
+        return self.value.flatten(0, 1).index_select(0, node).reshape(t, p, -1).float().mean(dim=0)
 
 
-CHUNK = 65_536  # pixels per pass: (trees × chunk) node indices stay ~32 MB
+CHUNK = 65_536  # pixels per pass: the (trees × chunk) node indices stay ~8–16 MB
