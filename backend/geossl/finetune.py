@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .budget import StepPlan, measure_seconds, steps_for
+from .budget import StepPlan, measure_seconds, revise_steps, steps_for
 from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .classes import IGNORE_INDEX, ClassTable
 from .datasets import LabelledTiles, WindowTiles, labelled_pixels
@@ -45,15 +45,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def cosine_with_warmup(total: int, warmup: int) -> Any:
-    """LR factor: linear warm-up then cosine decay to 0 — stable from random init with Adam."""
+# The closing work (choosing the forest's share: the forest on every validation window) costs about
+# this many validations; reserved from the budget when the length is re-planned.
+CLOSING_PER_VALIDATION = 8.0
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
-    return factor
+class CosineWithWarmup:
+    """LR factor: linear warm-up then cosine decay to 0 — stable from random init with Adam.
+
+    An object, not a closure: a minutes budget may revise ``total`` while the run goes
+    (:func:`geossl.budget.revise_steps`), and ``LambdaLR`` saves and restores an object's
+    attributes with the resume state.
+    """
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total, self.warmup = total, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))))
 
 
 def load_pretrained(model: nn.Module, ckpt: dict, encoder: str, in_channels: int, aspp: bool) -> list[str]:
@@ -283,7 +294,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         forest = fit_pixel_forest(train_polys, stats, params, len(table))
     resumed = _load_state(state_path(out), params) if params.resume and state_path(out).exists() else None
     if resumed is not None:
-        plan = StepPlan(**resumed["plan"])
+        plan = StepPlan.from_dict(resumed["plan"])
     elif params.minutes is not None:
         progress(Clock().event("fine-tune", 0, 0, message=f"Measuring steps for a {params.minutes:g}-minute budget…"))
         plan = plan_steps(params, model, train_ds, n_val, device, time.monotonic() - t0)
@@ -291,10 +302,10 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         plan = StepPlan(params.total_steps)
     total = plan.steps
     spe = min(spe, total)
-    epochs = math.ceil(total / spe)
 
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, max(1, total // 20)))
+    schedule = CosineWithWarmup(total, max(1, total // 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and params.amp
                                   and not torch.cuda.is_bf16_supported())
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=params.label_smoothing)
@@ -302,7 +313,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     clock = Clock()
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"kappa": -math.inf, "state": None, "epoch": 0, "metrics": None}
-    step, start_epoch = 0, 0
+    step, start_epoch, spent_before = 0, 0, 0.0
     spath = state_path(out)
     trainer = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
     if ema is not None:
@@ -318,6 +329,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         best = {"kappa": saved["best_kappa"], "epoch": saved["best_epoch"], "metrics": saved["best_metrics"],
                 "state": live["best"]}
         history, step, start_epoch = list(saved["history"]), int(saved["step"]), int(saved["epoch"])
+        spent_before = float(saved.get("spent_seconds", 0.0))
         progress(clock.event("fine-tune", step, total, message=f"Resuming after epoch {start_epoch} (step {step})."))
     elif params.resume:
         progress(clock.event("fine-tune", 0, total, message=f"warning: no resume state {spath.name}; starting afresh."))
@@ -325,7 +337,8 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     n_pseudo = round(params.self_training * params.batch)
     pool = PseudoLabelledTiles(train_polys, stats, params.tile, spe * n_pseudo, params.seed,
                                params.pseudo_threshold, params.pseudo_photometric) if n_pseudo else None
-    for epoch in range(start_epoch, epochs):
+    loop_start, loop_step = time.monotonic(), step
+    for epoch in itertools.count(start_epoch):
         train_ds.epoch = epoch
         data: Dataset = train_ds
         if pool is not None and step >= params.self_training_start * total:
@@ -362,12 +375,14 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [np.nan]))}
         if data is not train_ds:
             record["pseudo_coverage"] = round(pool.coverage, 4)
+        val_s = time.monotonic()
         if val_loader is not None:
             m = scores(validate(final, val_loader, len(table), device, params.amp), table.names)
             record.update(val_kappa=m["kappa"], val_oa=m["overall_accuracy"], val_miou=m["miou"])
             improved = m["kappa"] > best["kappa"]
         else:
             m, improved = None, True
+        val_s = time.monotonic() - val_s
         history.append(record)
         progress(clock.event("fine-tune", step, total, loss=record["train_loss"],
                              metrics={k: v for k, v in record.items() if k.startswith("val_")},
@@ -379,9 +394,20 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
             progress(clock.event("fine-tune", step, total,
                                  message=f"Early stop: no validation gain for {params.patience} epochs."))
             break
-        if step >= total:
+        if plan.budget_seconds is not None and step < total:
+            closing = 2.0 + val_s * (CLOSING_PER_VALIDATION if forest is not None else 1.0)
+            left = plan.budget_seconds - spent_before - (time.monotonic() - t0) - closing
+            revised = revise_steps(total, step - loop_step, time.monotonic() - loop_start, left,
+                                   minimum=min(params.steps_per_epoch, 10), maximum=params.max_steps)
+            if revised != total:
+                plan, total = plan.revised(step, revised), revised
+                schedule.total = total
+                progress(clock.event("fine-tune", step, total, message=f"Re-planned to {total} steps from this "
+                                     "machine's pace, to end within the budget."))
+        if step >= total or epoch + 1 >= math.ceil(total / spe):
             break
-        _save_state(spath, trainer, best, params, epoch + 1, step, history, plan)
+        _save_state(spath, trainer, best, params, epoch + 1, step, history, plan,
+                    spent_before + time.monotonic() - t0)
 
     config = params.model_dump() | {"plan": plan.to_dict()}
     state, forest_meta, blend = best["state"], None, None
@@ -454,12 +480,13 @@ _MAY_DIFFER_ON_RESUME = {"resume", "workers", "device"}
 
 
 def _save_state(path: Path, trainer: dict[str, Any], best: dict[str, Any], params: FinetuneParams, epoch: int,
-                step: int, history: list[dict[str, Any]], plan: StepPlan) -> None:
+                step: int, history: list[dict[str, Any]], plan: StepPlan, spent_seconds: float) -> None:
     """Everything needed to continue after ``epoch`` exactly: weights, optimizer, schedule, RNG, best so far."""
     tensors: dict[str, torch.Tensor] = {}
     live = {name: obj.state_dict() for name, obj in trainer.items()} | {"rng": rng_states(), "best": best["state"]}
     save_checkpoint(path, "finetune-state", tensors, resume=pack(live, tensors), plan=plan.to_dict(),
                     params=json.loads(params.model_dump_json()), epoch=epoch, step=step, history=history,
+                    spent_seconds=round(spent_seconds, 3),
                     best_kappa=best["kappa"], best_epoch=best["epoch"], best_metrics=best["metrics"])
 
 

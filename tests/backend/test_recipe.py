@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 from geossl import finetune
-from geossl.budget import steps_for
+from geossl.budget import StepPlan, revise_steps, steps_for
 from geossl.checkpoint import load_checkpoint
 from geossl.classes import IGNORE_INDEX
 from geossl.datasets import photometric_augment
-from geossl.finetune import mixed_loss, run_finetune, weight_average
+from geossl.finetune import CosineWithWarmup, mixed_loss, run_finetune, weight_average
 from geossl.labels import load_label_polygons
 from geossl.predict import torch_predictor
 from geossl.raster_io import compute_band_stats, raster_info
@@ -145,6 +145,39 @@ def test_steps_for_counts_fixed_and_per_epoch_costs():
     assert steps_for(100, 0.5, every=10, every_seconds=5) == 100  # 0.5 + 5/10 s per step
     assert steps_for(1, 0.5, minimum=10) == 10 and steps_for(100, 0.5, maximum=50) == 50
 
+
+
+def test_revise_steps_follows_the_runs_own_pace():
+    assert revise_steps(100, 20, 10.0, 40.0) == 100  # 0.5 s a step, 80 more fit: as planned
+    assert revise_steps(100, 20, 20.0, 40.0) == 60  # the machine got busier: 1 s a step, 40 more
+    assert revise_steps(100, 20, 5.0, 40.0) == 180  # quieter: 0.25 s a step
+    assert revise_steps(100, 20, 10.0, 41.0) == 100  # 102 is within 5 %: the schedule is left alone
+    assert revise_steps(100, 20, 10.0, -5.0) == 20  # over budget: end now, keep what was made
+    assert revise_steps(100, 20, 5.0, 40.0, maximum=120) == 120 and revise_steps(100, 2, 10.0, 0.0, minimum=10) == 10
+    assert revise_steps(100, 0, 0.0, 40.0) == 100  # nothing measured yet
+
+
+def test_a_revised_plan_round_trips_and_bends_the_schedule():
+    plan = StepPlan(50, 0.5, 600.0).revised(10, 80).revised(40, 70)
+    assert plan.steps == 70 and plan.revisions == ((10, 80), (40, 70))
+    assert StepPlan.from_dict(plan.to_dict()) == plan and StepPlan.from_dict({"steps": 5}) == StepPlan(5)
+    schedule = CosineWithWarmup(100, 10)
+    before = schedule(55)
+    schedule.total = 200  # a longer run decays later: a higher LR at the same step
+    assert schedule(55) > before and schedule(5) == pytest.approx(0.6) and schedule(200) == pytest.approx(0.0)
+
+
+def test_a_minutes_budget_re_plans_from_the_runs_pace(uneven, monkeypatch):
+    """The timed probe says a step (and a validation batch) takes 20 s, so 10 minutes plan about 14
+    steps; the real steps are far faster, so after the first epoch the run re-plans up to
+    ``max_steps`` and records the revision."""
+    monkeypatch.setattr(finetune, "measure_seconds", lambda fn, **kw: (fn(), 20.0)[1])
+    common = {"rasters": [str(uneven["raster"])], "labels": str(uneven["labels"]), "class_field": "class",
+              "tile": 32, "batch": 2, "steps_per_epoch": 4, "seed": 3, "val_fraction": 0, "ema": 0.9}
+    a = run_finetune(FinetuneParams(**common, out=str(uneven["dir"] / "a.pt"), minutes=10, max_steps=24))
+    assert a["plan"]["steps"] == a["steps"] == 24 and a["plan"]["revisions"] == [[4, 24]]
+    assert a["plan"]["step_seconds"] > 20  # the probe's figure is kept: it is what the first plan used
+    assert load_checkpoint(uneven["dir"] / "a.pt", "segmentation")["config"]["plan"] == a["plan"]
 
 def test_minutes_and_steps_exclude_each_other(uneven):
     base = {"rasters": [str(uneven["raster"])], "labels": str(uneven["labels"]), "class_field": "class",

@@ -25,6 +25,7 @@ from geossl_plugin.panel.status_light import BackendState
 from qgis.core import Qgis, QgsSettings
 
 from .conftest import CPU_INFO, CUDA_INFO
+from .procs import running
 
 WAIT_MS = 15_000
 
@@ -100,14 +101,7 @@ def test_stop_ends_the_service_and_disconnects(dock: GeoSSLDock, qtbot: Any, fak
     assert section.status.state() is BackendState.UNKNOWN and section.info() is None
     assert dock.client.connection is None and not dock.segment_section.run_button.isEnabled()
     qtbot.waitUntil(lambda: not (geossl_data_dir / conn.DISCOVERY_FILE).exists(), timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: not conn.pid_alive(pid) or _zombie(pid), timeout=WAIT_MS)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
+    qtbot.waitUntil(lambda: not running(pid), timeout=WAIT_MS)
 
 
 def test_a_running_service_of_the_same_data_folder_is_adopted(dock: GeoSSLDock, qtbot: Any,

@@ -25,6 +25,7 @@ from qgis.PyQt.QtGui import QImage
 
 from .conftest import CPU_INFO, REPO
 from .gdal_data import class_polygons, two_class_raster
+from .procs import running
 
 TOOLS = ("xvfb-run", "import", "qgis")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -43,13 +44,6 @@ for _ in $(seq 1 80); do kill -0 $pid 2>/dev/null || break; sleep 0.25; done
 kill $pid 2>/dev/null; wait $pid 2>/dev/null
 exit 0
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _classified(folder: Path, source: Path) -> tuple[Path, Path]:
@@ -102,9 +96,9 @@ def test_the_dock_in_a_real_qgis_desktop(tmp_path: Path, fake_backend: Any) -> N
     pid = report["backend_pid"]
     assert pid, "the panel started its own backend"
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if running(pid):
         os.kill(pid, signal.SIGKILL)  # leave nothing behind, then fail
         pytest.fail("the backend the panel started outlived QGIS")
 

@@ -13,6 +13,7 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 
 from .conftest import CPU_INFO
+from .procs import running
 
 
 def _flush_deletes() -> None:
@@ -80,14 +81,6 @@ def test_unload_removes_action_menu_and_dock(iface: Any, fake_backend: Any, qtbo
     instance.unload()  # a second unload (QGIS does this on errors) must be harmless
 
 
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch the child")
 def test_unload_while_the_backend_starts_kills_it(plugin: Any, fake_backend: Any, qtbot: Any) -> None:
     from geossl_plugin.backend import save_backend_path
@@ -98,10 +91,10 @@ def test_unload_while_the_backend_starts_kills_it(plugin: Any, fake_backend: Any
     assert service is not None and service.is_running()
     qtbot.waitUntil(lambda: (service.pid() or 0) > 0, timeout=5_000)
     pid = service.pid()
-    assert _alive(pid)
+    assert running(pid)
 
     plugin.unload()
-    qtbot.waitUntil(lambda: not _alive(pid), timeout=10_000)
+    qtbot.waitUntil(lambda: not running(pid), timeout=10_000)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch the child")
@@ -113,7 +106,7 @@ def test_unload_stops_a_connected_local_backend(plugin: Any, fake_backend: Any, 
     qtbot.waitSignal(dock.backend_section.connected, timeout=10_000).wait()
     pid = dock.backend_section.service().pid()
     plugin.unload()
-    qtbot.waitUntil(lambda: not _alive(pid), timeout=10_000)
+    qtbot.waitUntil(lambda: not running(pid), timeout=10_000)
 
 
 def test_no_autostart_leaves_the_backend_alone(plugin: Any, fake_backend: Any) -> None:
