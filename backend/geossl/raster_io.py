@@ -260,15 +260,24 @@ def window_info(info: RasterInfo, window: Window) -> RasterInfo:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any work if ``path`` cannot be written (missing or read-only folder)."""
+    """Fail before any work if ``path`` cannot be written (missing or read-only folder).
+
+    Permission bits do not tell (``/proc``, a read-only mount, a full disk, a network share say
+    "writable" to ``os.access`` and root writes everywhere), so a probe file is created and removed.
+    """
     p = Path(path).expanduser()
     folder = p.resolve().parent
     if not folder.is_dir():
         raise GeoSSLError(f"Output folder '{folder}' does not exist.", "create it or choose another output path.")
-    if not os.access(folder, os.W_OK):
-        raise GeoSSLError(f"Output folder '{folder}' is not writable.", "choose a folder you can write to.")
     if p.is_dir():
         raise GeoSSLError(f"Output '{p}' is a folder.", "give a file name, e.g. classes.tif.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise GeoSSLError(f"No file can be created in the output folder '{folder}' ({exc.strerror or exc}).",
+                          "choose a folder you can write to.") from exc
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
     return p
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,9 @@ def test_bad_inputs_give_clear_errors_and_no_output(trained, capsys, tmp_path):
           "cannot be loaded")
     assert not list(tmp_path.glob("*.pt")) or [p.name for p in tmp_path.glob("*.pt")] == ["broken.pt"]
     assert not (tmp_path / "c.tif").exists()
+    if Path("/proc/self").is_dir():  # a folder every check but creating a file calls writable
+        fails(["predict", "--model", trained["model"], "--raster", trained["raster"], "--out", "/proc/x.tif"],
+              "No file can be created in the output folder '/proc'")
     code, out, _ = geossl(capsys, "predict", "--model", trained["model"], "--raster", four, "--out",
                           tmp_path / "c.tif", "--json")
     assert code == 2 and "expects 3 bands" in json.loads(out)["error"]

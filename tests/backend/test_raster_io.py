@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -139,9 +141,17 @@ def test_output_path_checked_before_work(tmp_path):
         import os
 
         if os.geteuid() != 0:  # root can write anywhere; the check is for users
-            with pytest.raises(GeoSSLError, match="not writable"):
+            with pytest.raises(GeoSSLError, match="No file can be created in the output folder"):
                 check_output_path(ro / "out.tif")
     finally:
         ro.chmod(0o700)
     with pytest.raises(GeoSSLError, match="is a folder"):
         check_output_path(ro)
+    assert check_output_path(ro / "out.tif") == ro / "out.tif" and list(ro.iterdir()) == []  # the probe is gone
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_says_writable_but_takes_no_file_is_refused():
+    """``/proc`` passes permission checks (always for root) but no file can be created there."""
+    with pytest.raises(GeoSSLError, match="No file can be created in the output folder '/proc'"):
+        check_output_path("/proc/x.tif")
