@@ -168,22 +168,22 @@ FOREST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @torch.no_grad()
-def choose_forest_weight(model: nn.Module, forest: ForestHead, val_loader: DataLoader | None, num_classes: int,
+def choose_forest_weight(model: nn.Module, val_loader: DataLoader | None, num_classes: int,
                          device: torch.device, params: FinetuneParams) -> tuple[float, dict[str, float] | None]:
-    """The forest's share of the blend: ``params.forest_weight``, else the best validation Kappa among
-    :data:`FOREST_WEIGHTS` (½ without validation polygons). Returns it and the Kappa of each."""
+    """The share of ``model``'s attached forest in the blend: ``params.forest_weight``, else the best
+    validation Kappa among :data:`FOREST_WEIGHTS` (½ without validation polygons). Returns it and the
+    Kappa of each."""
     if params.forest_weight is not None:
         return params.forest_weight, None
     if val_loader is None:
         return 0.5, None
     model.eval()
-    forest = forest.to(device)
     cms = {w: np.zeros((num_classes, num_classes), np.int64) for w in FOREST_WEIGHTS}
     for x, y in val_loader:
         x = x.to(device)
         with autocast(device, params.amp):
             deep = torch.softmax(model.context(x).float(), dim=1)
-        trees = forest(pixel_features(x.float(), tuple(params.forest_texture)))
+        trees = model.forest_probs(x.float())
         for w, cm in cms.items():
             cm += confusion_matrix(y.numpy(), ((1 - w) * deep + w * trees).argmax(1).cpu().numpy(), num_classes,
                                    ignore=IGNORE_INDEX)
@@ -413,8 +413,9 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     state, forest_meta, blend = best["state"], None, None
     if forest is not None:
         final.load_state_dict(best["state"])
-        weight, blend = choose_forest_weight(final, forest, val_loader, len(table), device, params)
-        final.attach_forest(forest.to(device), tuple(params.forest_texture), weight)
+        final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0)
+        weight, blend = choose_forest_weight(final, val_loader, len(table), device, params)
+        final.forest_weight = weight
         forest_meta = final.forest_meta() | {"validation_kappa": blend}
         state = {k: v.detach().cpu() for k, v in final.state_dict().items()}
         progress(clock.event("fine-tune", step, total, message=f"Blending the forest at weight {weight:g}."))

@@ -56,6 +56,13 @@ def test_box_features_are_the_local_mean_and_std():
 class _Constant(nn.Module):
     """A "network" that always says class 0, to see the blend weight pulled towards the forest."""
 
+    def __init__(self, forest: ForestHead) -> None:
+        super().__init__()
+        self.forest = forest
+
+    def forest_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forest(pixel_features(x, ()))
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
         logits[:, 0] = 20.0
@@ -70,13 +77,13 @@ def test_blend_weight_is_chosen_on_validation_windows():
     head = ForestHead.from_packed(fit_forest(feats, y.reshape(-1).numpy(), 2, seed=0, trees=5), 1)
     params = FinetuneParams(rasters=["r.tif"], labels="l.gpkg", class_field="c", out="m.pt", forest=True,
                             forest_texture=[])
-    weight, kappas = choose_forest_weight(_Constant(), head, [(x, y)], 2, torch.device("cpu"), params)
+    weight, kappas = choose_forest_weight(_Constant(head), [(x, y)], 2, torch.device("cpu"), params)
     assert set(kappas) == {f"{w:g}" for w in FOREST_WEIGHTS}
     assert kappas["0"] == 0.0 and kappas["1"] == pytest.approx(1.0)
     assert weight == 0.75  # ¾ and 1 are both perfect here: the one nearer an even blend wins
     fixed = params.model_copy(update={"forest_weight": 0.25})
-    assert choose_forest_weight(_Constant(), head, [(x, y)], 2, torch.device("cpu"), fixed) == (0.25, None)
-    assert choose_forest_weight(_Constant(), head, None, 2, torch.device("cpu"), params) == (0.5, None)
+    assert choose_forest_weight(_Constant(head), [(x, y)], 2, torch.device("cpu"), fixed) == (0.25, None)
+    assert choose_forest_weight(_Constant(head), None, 2, torch.device("cpu"), params) == (0.5, None)
 
 
 @pytest.fixture(scope="module")
