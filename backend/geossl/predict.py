@@ -3,6 +3,12 @@
 The torch side (model, AMP, batches) lives here; tiling/blending/streaming live in ``tiling``.
 Outputs keep the source CRS and transform, carry a colour table, class names (band metadata and a
 QGIS ``.qml`` sidecar) and are written atomically: an interrupted run leaves no output file.
+
+Started by ``torchrun`` (``--nproc_per_node N``, any ``--nnodes``), each process predicts one
+block-aligned band of rows (:func:`geossl.tiling.row_shares`) into a hidden part file beside the
+output, and rank 0 joins the parts into the one output, identical pixel for pixel to a single
+process's. The output folder must be one that every node sees. If any process fails, every
+process fails, the parts are removed and no output is written.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from rasterio.windows import Window
 
 from .checkpoint import load_checkpoint
 from .classes import ClassTable, write_qml
+from .distributed import Distributed, all_succeeded, joined
 from .errors import GeoSSLError
 from .models import autocast, build_model, pick_device, prepare
 from .progress import Clock, ProgressCallback, null_progress
@@ -33,7 +41,7 @@ from .raster_io import (
     window_info,
 )
 from .schemas import PredictParams
-from .tiling import RowBuffer, predict_stripes
+from .tiling import RowBuffer, predict_stripes, row_shares
 from .vectorize import check_vector_output, vectorize
 
 
@@ -100,11 +108,18 @@ def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool, tta
 
 
 def run_predict(params: PredictParams, progress: ProgressCallback = null_progress) -> dict[str, Any]:
-    t0 = time.monotonic()
+    """Classify the raster (one process, or this process's share of a torchrun job)."""
+    ctx = Distributed.from_env()
     out = check_output_path(params.out)
+    with joined(ctx, pick_device(params.device)) as device:
+        return _predict(params, progress if ctx.main else null_progress, ctx, device, out)
+
+
+def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed, device: torch.device,
+             out: Path) -> dict[str, Any]:
+    t0 = time.monotonic()
     conf_out = check_output_path(params.confidence) if params.confidence else None
     vector_out = check_vector_output(params.vector, out) if params.vector else None
-    device = pick_device(params.device)
     model, ckpt = load_model(params.model, device, params.forest_weight)
     info = raster_info(params.raster)
     check_model_bands(ckpt, info, "predict")
@@ -133,27 +148,43 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
     scratch = None
     if vector_out is not None and conf_out is None:  # the polygons' mean confidence needs one
         conf_out = scratch = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.confidence.partial.tif"
-    with contextlib.ExitStack() as stack:
-        src = stack.enter_context(open_raster(params.raster))
-        dst = stack.enter_context(geotiff_writer(
-            out, info, 1, "uint8", nodata, colormap=table.colormap(), descriptions=["class"], tags=tags))
-        conf_dst = stack.enter_context(geotiff_writer(
-            conf_out, info, 1, "float32", float("nan"), descriptions=["confidence"])) if conf_out else None
+        if ctx.enabled:  # every process must name the same file
+            conf_out = scratch = out.parent / f".{out.name}.confidence.partial.tif"
+    class_band = {"colormap": table.colormap(), "descriptions": ["class"], "tags": tags}
+    conf_band = {"descriptions": ["confidence"]}
+    predictor = torch_predictor(model, device, params.amp, params.tta)
 
-        def write(window, classes: np.ndarray, conf: np.ndarray) -> None:
-            valid = classes >= 0
-            counts[:] += np.bincount(classes[valid], minlength=len(table))
-            mapped = np.where(valid, lut[np.clip(classes, 0, None)], nodata).astype(np.uint8)
-            dst.write(mapped[None], window=window)
-            if conf_dst is not None:
-                conf_dst.write(conf[None], window=window)
+    def classify(rows: tuple[int, int] | None, class_path: Path, conf_path: Path | None) -> None:
+        """Rows ``rows`` (all: None) of the map into GeoTIFFs on that band of rows' grid."""
+        r0, r1 = rows or (0, info.height)
+        grid = window_info(info, Window(0, r0, info.width, r1 - r0))
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(open_raster(params.raster))
+            dst = stack.enter_context(geotiff_writer(class_path, grid, 1, "uint8", nodata, **class_band))
+            conf_dst = stack.enter_context(geotiff_writer(
+                conf_path, grid, 1, "float32", float("nan"), **conf_band)) if conf_path else None
 
-        buffer = RowBuffer(write)
-        predictor = torch_predictor(model, device, params.amp, params.tta)
-        for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles,
-                                     window=window):
-            buffer.add(block)
-        buffer.flush()
+            def write(w: Window, classes: np.ndarray, conf: np.ndarray) -> None:
+                valid = classes >= 0
+                counts[:] += np.bincount(classes[valid], minlength=len(table))
+                mapped = np.where(valid, lut[np.clip(classes, 0, None)], nodata).astype(np.uint8)
+                w = Window(w.col_off, w.row_off - r0, w.width, w.height)
+                dst.write(mapped[None], window=w)
+                if conf_dst is not None:
+                    conf_dst.write(conf[None], window=w)
+
+            buffer = RowBuffer(write)
+            for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles,
+                                         window=window, rows=rows):
+                buffer.add(block)
+            buffer.flush()
+
+    if ctx.enabled:
+        _predict_share(ctx, device, classify, info, out, conf_out, class_band, conf_band, nodata, counts)
+        if not ctx.main:
+            return {"rank": ctx.rank, "seconds": round(time.monotonic() - t0, 2)}
+    else:
+        classify(None, out, conf_out)
     write_qml(out.with_suffix(".qml"), table)
     vector: dict[str, Any] = {}
     if vector_out is not None:
@@ -172,8 +203,67 @@ def run_predict(params: PredictParams, progress: ProgressCallback = null_progres
         "tile": tile,
         "overlap": overlap,
         "device": str(device),
+        "processes": ctx.world_size,
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def _part(path: Path, rank: int, ctx: Distributed) -> Path:
+    return path.parent / f".{path.name}.part{rank}of{ctx.world_size}.tif"
+
+
+def _predict_share(ctx: Distributed, device: torch.device, classify, info: RasterInfo, out: Path,
+                   conf_out: Path | None, class_band: dict, conf_band: dict, nodata: int,
+                   counts: np.ndarray) -> None:
+    """This process's rows into its part files; then rank 0 joins every part into the outputs.
+
+    The processes agree on success before anything is joined: one failure fails them all, and
+    the parts are removed (the outputs are written atomically, so none is left half-written).
+    """
+    shares = row_shares(info.height, ctx.world_size)
+    targets = [out] + ([conf_out] if conf_out else [])
+    mine = shares[ctx.rank]
+    error: BaseException | None = None
+    try:
+        if mine[1] > mine[0]:
+            classify(mine, _part(out, ctx.rank, ctx), _part(conf_out, ctx.rank, ctx) if conf_out else None)
+    except Exception as exc:  # noqa: BLE001 — reported to every process, then re-raised here
+        error = exc
+    failed = all_succeeded(error is None, device)
+    try:
+        if error is not None:
+            raise error
+        if failed:
+            raise GeoSSLError(f"Process(es) {', '.join(map(str, failed))} of the distributed prediction failed: "
+                              "no output was written.", "see that process's error above, fix it and run again.")
+        total = torch.as_tensor(counts, device=device)
+        torch.distributed.all_reduce(total)
+        counts[:] = total.cpu().numpy()
+        if ctx.main:
+            for target, band, dtype, nd in zip(targets, [class_band, conf_band], ["uint8", "float32"],
+                                               [nodata, float("nan")], strict=False):
+                _join_parts(target, [(_part(target, r, ctx), share) for r, share in enumerate(shares)
+                                     if share[1] > share[0]], info, dtype, nd, band)
+        torch.distributed.barrier()  # nobody removes a part rank 0 still reads
+    finally:
+        for target in targets:
+            _part(target, ctx.rank, ctx).unlink(missing_ok=True)
+
+
+def _join_parts(target: Path, parts: list[tuple[Path, tuple[int, int]]], info: RasterInfo, dtype: str,
+                nodata: float, band: dict, rows: int = 256) -> None:
+    """Copy each process's band of rows into ``target``, 256 rows (one GeoTIFF block) at a time."""
+    missing = [p.name for p, _ in parts if not p.exists()]
+    if missing:
+        raise GeoSSLError(f"Part(s) {', '.join(missing)} of the distributed prediction are not in '{target.parent}'.",
+                          "write the output to a folder that every node of the job sees (a shared filesystem).")
+    with geotiff_writer(target, info, 1, dtype, nodata, **band) as dst:
+        for path, (r0, r1) in parts:
+            with open_raster(path) as src:
+                for y in range(0, r1 - r0, rows):
+                    h = min(rows, r1 - r0 - y)
+                    dst.write(src.read(1, window=Window(0, y, info.width, h))[None],
+                              window=Window(0, r0 + y, info.width, h))
 
 
 def read_class_table(path: str) -> ClassTable | None:

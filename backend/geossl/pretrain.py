@@ -59,6 +59,8 @@ from torch.utils.data import DataLoader
 from .budget import StepPlan, measure_seconds, steps_for
 from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack
 from .datasets import UnlabeledTiles
+from .distributed import Distributed
+from .distributed import start as start_distributed
 from .errors import GeoSSLError
 from .methods import PretrainMethod, get_method
 from .models import autocast, build_model, pick_device, prepare
@@ -147,41 +149,6 @@ def check_views(params: PretrainParams, infos: list[RasterInfo]) -> tuple[list[R
 def distinct_windows(infos: list[RasterInfo], tile: int) -> int:
     """How many non-overlapping ``tile`` windows the rasters hold (at least one each)."""
     return sum(max(1, (i.width // tile) * (i.height // tile)) for i in infos)
-
-
-# --- distributed ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when started directly)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-
-
-def _start_distributed(ctx: Distributed, device: torch.device) -> torch.device:
-    """Join the torchrun process group (NCCL on GPU, gloo on CPU); one GPU per process."""
-    if device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
 
 
 # --- reproducibility ------------------------------------------------------------------------------
@@ -528,7 +495,7 @@ def run_pretrain(params: PretrainParams, progress: ProgressCallback = null_progr
     started_dist = ctx.enabled and not dist.is_initialized()
     device = pick_device(params.device)
     if ctx.enabled:
-        device = _start_distributed(ctx, device)
+        device = start_distributed(ctx, device)
     try:
         return _run(params, progress if ctx.main else null_progress, ctx, device)
     finally:

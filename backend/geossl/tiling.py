@@ -70,6 +70,15 @@ def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: in
     return sizes
 
 
+
+def row_shares(height: int, parts: int, block: int = 256) -> list[tuple[int, int]]:
+    """``parts`` contiguous row ranges covering ``[0, height)``, cut at multiples of ``block``
+    (each process of a distributed prediction writes whole GeoTIFF blocks), as even as that allows.
+    Ranges can be empty (``r0 == r1``) when the raster has fewer blocks than parts."""
+    blocks = math.ceil(height / block)
+    edges = [min(height, round(k * blocks / parts) * block) for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
 @dataclass
 class TileOutput:
     """Finished rows of one stripe: class index (or -1 for nodata) and confidence."""
@@ -91,10 +100,15 @@ def predict_stripes(
     on_tiles: Callable[[int, int], None] | None = None,
     window: Window | None = None,
     probabilities: bool = False,
+    rows: tuple[int, int] | None = None,
 ):
     """Yield ``TileOutput`` blocks covering the raster ``src`` (an open rasterio dataset), or only
     its ``window``; output windows are then relative to that window. ``probabilities=True`` also
     yields each block's blended class probabilities (uncertainty maps, e.g. ``suggest``).
+
+    ``rows=(r0, r1)``: only output rows ``r0 ≤ row < r1`` (one process's share of a distributed
+    prediction). Every tile touching them is computed, in the same batches and summed in the same
+    order as for the whole raster, so the share is identical, bit for bit, to those rows of it.
 
     ``on_tiles(done, total)`` is called after each batch for progress reporting.
     """
@@ -103,10 +117,16 @@ def predict_stripes(
     height, width = int(window.height), int(window.width)
     stride = max(1, tile - overlap)
     ys = tile_starts(height, tile, stride)
+    r0, r1 = rows or (0, height)
+    # the tile rows that touch [r0, r1); a row of output is final once the next tile row starts
+    tile_rows = [i for i, y in enumerate(ys) if y < r1 and y + tile > r0]
+    first = tile_rows[0] if tile_rows else 0
     weight = blend_window(tile, min(overlap, tile // 2))
     stripe = max(stripe, tile)
     stripe_tiles = stripe_columns(width, tile, stride, stripe)
-    total = sum(len(t) for t in stripe_tiles) * len(ys)
+    total = sum(len(t) for t in stripe_tiles) * len(tile_rows)
+    if not tile_rows:
+        return
     done = 0
 
     def load(ex0: int, ex1: int, ext_w: int, y: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +144,7 @@ def predict_stripes(
         plan = []
         for s, xs in enumerate(stripe_tiles):
             ex0, ex1 = xs[0], min(xs[-1] + tile, width) if width >= tile else width
-            plan += [(s, ex0, ex1, max(ex1 - ex0, tile), i) for i in range(len(ys))]
+            plan += [(s, ex0, ex1, max(ex1 - ex0, tile), i) for i in tile_rows]
         with ThreadPoolExecutor(1, thread_name_prefix="geossl-read") as pool:
             pending = pool.submit(load, *plan[0][1:4], ys[plan[0][4]])
             for k, (s, ex0, _ex1, ext_w, i) in enumerate(plan):
@@ -137,7 +157,7 @@ def predict_stripes(
     for s, ex0, ext_w, i, x_norm, valid in rows_ahead():
         sx0, sx1 = s * stripe, min((s + 1) * stripe, width)
         xs, y = stripe_tiles[s], ys[i]
-        if i == 0:  # a new stripe
+        if i == first:  # a new stripe
             acc = None
             wsum = np.zeros((tile, ext_w), np.float32)
         # Tiles without a single valid pixel are not sent to the model: their pixels are nodata in
@@ -160,8 +180,10 @@ def predict_stripes(
                 on_tiles(done, total)
         if acc is None:  # nothing valid yet in this stripe: every finished row is nodata
             rows_done = (ys[i + 1] if i + 1 < len(ys) else height) - y
-            yield TileOutput(Window(sx0, y, sx1 - sx0, rows_done), np.full((rows_done, sx1 - sx0), -1, np.int16),
-                             np.full((rows_done, sx1 - sx0), np.nan, np.float32))
+            lo, hi = max(y, r0), min(y + rows_done, r1)
+            if hi > lo:
+                yield TileOutput(Window(sx0, lo, sx1 - sx0, hi - lo), np.full((hi - lo, sx1 - sx0), -1, np.int16),
+                                 np.full((hi - lo, sx1 - sx0), np.nan, np.float32))
             wsum[: tile - rows_done] = wsum[rows_done:].copy()
             wsum[tile - rows_done:] = 0.0
             if on_tiles:
@@ -178,7 +200,10 @@ def predict_stripes(
         ok = valid[:d, sx0 - ex0:sx1 - ex0]
         classes[~ok] = -1
         conf[~ok] = np.nan
-        yield TileOutput(Window(sx0, y, sx1 - sx0, d), classes, conf, prob)
+        lo, hi = max(y, r0) - y, min(next_y, r1) - y  # rows of this block inside the share
+        if hi > lo:
+            yield TileOutput(Window(sx0, y + lo, sx1 - sx0, hi - lo), classes[lo:hi], conf[lo:hi],
+                             None if prob is None else prob[:, lo:hi])
         acc[:, : tile - d] = acc[:, d:].copy()
         acc[:, tile - d:] = 0.0
         wsum[: tile - d] = wsum[d:].copy()
