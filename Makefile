@@ -84,18 +84,21 @@ demo: demo-data
 BENCH ?= quick
 ifeq ($(BENCH),gpu)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
+DIST_ARGS := --size 4096 --processes 1
 PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256 --workers 4
 FEWLABEL_ARGS := --seeds 0 1 2
 FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
 SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
 else ifeq ($(BENCH),full)
 PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
+DIST_ARGS := --size 4096 --processes 1 2
 PRETRAIN_ARGS := --steps 10 --workers 1
 FEWLABEL_ARGS := --images 12 --seeds 0 1 2
 FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
 SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
 PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 4096
+DIST_ARGS := --size 1024 --processes 1 2
 PRETRAIN_ARGS := --steps 5 --workers 1
 FEWLABEL_ARGS := --images 4 --seeds 0 1 2 --finetune '{"steps": 40}'
 FEWLABEL_S2_ARGS := --splits demo --seeds 0 1 2 --finetune '{"steps": 40}'
@@ -105,6 +108,7 @@ endif
 bench: backend
 	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev,bench]'
 	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results $(PREDICT_ARGS)
+	$(BACKEND_PY) tests/bench/bench_distributed.py --out bench/results $(DIST_ARGS)
 	$(BACKEND_PY) tests/bench/bench_pretrain.py --out bench/results $(PRETRAIN_ARGS)
 	$(BACKEND_PY) tests/bench/fewlabel.py --out bench/results $(FEWLABEL_ARGS)
 	$(BACKEND_PY) tests/bench/fewlabel_s2.py --out bench/results $(FEWLABEL_S2_ARGS)
