@@ -142,3 +142,30 @@ def test_one_failing_process_fails_every_process_and_leaves_no_output(tmp_path):
     ctx = Distributed(0, 2, 0)
     assert not (tmp_path / "classes.tif").exists() and not _part(tmp_path / "classes.tif", 0, ctx).exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tif") == ["r.tif"]
+
+
+def test_the_service_runs_a_predict_job_as_several_processes(model, tmp_path):
+    """``geossl serve --predict-processes 2``: the job's map is one process's, pixel for pixel (the
+    reference at the threads each of the job's processes gets)."""
+    from tests.backend.service_helpers import start_server
+
+    tall = two_class_raster(tmp_path / "tall.tif", h=600, w=80, seed=4)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(sys.path)}
+    ref = subprocess.run([sys.executable, "-m", "geossl.cli", "predict", "--model", str(model), "--raster", str(tall),
+                          "--out", str(tmp_path / "ref.tif"), "--confidence", str(tmp_path / "ref_p.tif"), "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    service = start_server(tmp_path, "--predict-processes", "2")
+    try:
+        assert service.get("/info").json()["predict_processes"] == 2
+        job = service.submit("predict", {"model": str(model), "raster": str(tall), "out": str(tmp_path / "c.tif"),
+                                         "confidence": str(tmp_path / "p.tif")})
+        done = service.wait_job(job["id"], states=["succeeded"], timeout=300)
+        assert done["result"]["processes"] == 2
+    finally:
+        service.stop()
+    for a_path, b_path in (("ref.tif", "c.tif"), ("ref_p.tif", "p.tif")):
+        with rasterio.open(tmp_path / a_path) as a, rasterio.open(tmp_path / b_path) as b:
+            assert np.array_equal(a.read(), b.read(), equal_nan=True), b_path
+    assert not list(tmp_path.glob(".c.tif.part*")) and not list(tmp_path.glob(".p.tif.part*"))

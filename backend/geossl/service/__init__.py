@@ -82,7 +82,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(host: str = "127.0.0.1", port: int = 0, token_file: str | os.PathLike | None = None,
           data_dir: str | os.PathLike | None = None, max_jobs: int = 1, max_cpu_jobs: int = 2,
-          prewarm: bool = True) -> None:
+          prewarm: bool = True, predict_processes: int = 1) -> None:
     """Run the service until SIGTERM/SIGINT; running jobs are then stopped and marked resumable."""
     import uvicorn
 
@@ -107,7 +107,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, token_file: str | os.PathLike 
     sock = _bind(host, port)
     url = client_url(host, sock.getsockname()[1])
     store = JobStore(root / "jobs.sqlite")
-    manager = JobManager(store, root, max_jobs=max_jobs, max_cpu_jobs=max_cpu_jobs, prewarm=prewarm)
+    manager = JobManager(store, root, max_jobs=max_jobs, max_cpu_jobs=max_cpu_jobs, prewarm=prewarm,
+                         predict_processes=predict_processes)
     registry = ModelRegistry(store, root / "models")
 
     stopped = threading.Event()
@@ -177,6 +178,10 @@ def build_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "queue (default 1)")
     parser.add_argument("--max-cpu-jobs", type=int, default=2,
                         help="small CPU jobs (evaluate) running beside them (default 2)")
+    parser.add_argument("--predict-processes", type=int, default=1, metavar="N",
+                        help="run each predict job as N local processes sharing the raster's rows (one GPU "
+                             "each where there are GPUs; the cores split between them); the map is the "
+                             "same as one process's (default 1)")
     parser.add_argument("--no-prewarm", action="store_true",
                         help="do not keep a worker process with the pipeline imported ready for the next job")
     return parser
@@ -184,7 +189,8 @@ def build_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def _run_serve(args: argparse.Namespace, _progress: Any = None) -> dict[str, Any]:
     serve(host=args.host, port=args.port, token_file=args.token_file, data_dir=args.data_dir,
-          max_jobs=args.max_jobs, max_cpu_jobs=args.max_cpu_jobs, prewarm=not args.no_prewarm)
+          max_jobs=args.max_jobs, max_cpu_jobs=args.max_cpu_jobs, prewarm=not args.no_prewarm,
+          predict_processes=args.predict_processes)
     return {"stopped": True}
 
 

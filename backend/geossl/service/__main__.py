@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve(host=args.host, port=args.port, token_file=args.token_file, data_dir=args.data_dir,
-              max_jobs=args.max_jobs, max_cpu_jobs=args.max_cpu_jobs, prewarm=not args.no_prewarm)
+              max_jobs=args.max_jobs, max_cpu_jobs=args.max_cpu_jobs, prewarm=not args.no_prewarm,
+              predict_processes=args.predict_processes)
     except GeoSSLError as exc:
         print(f"geossl serve: error: {exc}", file=sys.stderr)
         return 2

@@ -93,7 +93,8 @@ def create_app(manager: JobManager, registry: ModelRegistry, token: str,
             "version": __version__, "versions": versions(), "methods": method_names(), "encoders": list(ENCODERS),
             "job_types": {t.name: {"gpu_queue": t.gpu, "resume": t.resume, "schema": t.params.model_json_schema()}
                           for t in manager.types.values()},
-            "max_jobs": manager.max_jobs, "max_cpu_jobs": manager.max_cpu_jobs, "states": list(STATES),
+            "max_jobs": manager.max_jobs, "max_cpu_jobs": manager.max_cpu_jobs,
+            "predict_processes": manager.predict_processes, "states": list(STATES),
             "device": device_status(), "finetune_defaults": finetune_defaults(),
         }
 

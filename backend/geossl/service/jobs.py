@@ -193,7 +193,12 @@ def _run_job(conn: Connection, spec: dict[str, Any], import_error: str | None) -
         params = getattr(importlib.import_module(params_module), params_name).model_validate(spec["params"])
         module, name = spec["runner"].split(":")
         run = getattr(importlib.import_module(module), name)
-        if spec["progress"]:
+        if spec.get("processes", 1) > 1:  # one job of several local processes (predict)
+            from ..distributed import run_local_group
+
+            result = run_local_group(spec["runner"], params, lambda ev: conn.send(("progress", ev.to_dict())),
+                                     spec["processes"])
+        elif spec["progress"]:
             result = run(params, lambda ev: conn.send(("progress", ev.to_dict())))
         else:
             result = run(params)
@@ -303,9 +308,10 @@ class JobManager:
     """The queue and the workers; every public method is safe to call from request threads."""
 
     def __init__(self, store: JobStore, data_dir: Path, max_jobs: int = 1, max_cpu_jobs: int = 2,
-                 prewarm: bool = True, grace_s: float = 10.0) -> None:
-        if max_jobs < 1 or max_cpu_jobs < 1:
-            raise GeoSSLError("--max-jobs and --max-cpu-jobs must be at least 1.")
+                 prewarm: bool = True, grace_s: float = 10.0, predict_processes: int = 1) -> None:
+        if max_jobs < 1 or max_cpu_jobs < 1 or predict_processes < 1:
+            raise GeoSSLError("--max-jobs, --max-cpu-jobs and --predict-processes must be at least 1.")
+        self.predict_processes = predict_processes
         self.types = job_types()
         self.store = store
         self.policy = OutputPolicy(data_dir)
@@ -606,6 +612,8 @@ class JobManager:
         spec = {"job_id": job_id, "type": jt.name, "params": params, "runner": jt.runner, "progress": jt.progress,
                 "params_class": f"{jt.params.__module__}:{jt.params.__name__}",
                 "log_file": str(self.log_dir / f"{job_id}.log")}
+        if jt.name == "predict" and self.predict_processes > 1:
+            spec["processes"] = self.predict_processes
         try:
             w.conn.send(spec)
         except OSError:  # the spare died while waiting: start a fresh one
