@@ -110,7 +110,7 @@ def check_executable(path: str | None) -> str:
     if not path:
         raise BackendError(
             "Backend not found: no 'geossl' in the plugin's backend/.venv or on PATH. "
-            "Install the backend, or choose its 'geossl' executable in the Backend section.")
+            "Press 'Set up backend…' in the Backend section, or choose its 'geossl' executable there.")
     p = Path(path).expanduser()
     if not p.exists():
         raise BackendError(f"Backend not found at {p}. Choose the 'geossl' executable of the "

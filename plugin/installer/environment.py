@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import quote
 
 REMOVED_NAMES = frozenset({
     "PYQGIS_STARTUP", "GDAL_DATA", "GDAL_DRIVER_PATH", "GDAL_FILENAME_IS_UTF8", "GEOTIFF_CSV",
@@ -58,3 +59,21 @@ def installer_environ(base: Mapping[str, str] | None = None, proxy: str = "") ->
         for name in PROXY_VARIABLES:
             env[name] = proxy
     return env
+
+
+def proxy_url(settings: Mapping[str, object]) -> str:
+    """The HTTP(S) proxy from QGIS's network settings (``proxy/*`` keys of QgsSettings), as a URL.
+
+    "" when QGIS uses no proxy or the system's (``DefaultProxy``: pip finds it in the environment
+    itself) or a SOCKS one (pip cannot use SOCKS without an extra package).
+    """
+    enabled = str(settings.get("proxy/proxyEnabled", "false")).lower() in ("true", "1")
+    kind = str(settings.get("proxy/proxyType", "DefaultProxy"))
+    host = str(settings.get("proxy/proxyHost", "") or "").strip()
+    if not enabled or not host or kind not in ("HttpProxy", "HttpCachingProxy"):
+        return ""
+    port = str(settings.get("proxy/proxyPort", "") or "").strip()
+    user = str(settings.get("proxy/proxyUser", "") or "")
+    password = str(settings.get("proxy/proxyPassword", "") or "")
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
+    return f"http://{auth}{host}" + (f":{port}" if port and port != "0" else "")

@@ -25,9 +25,9 @@ _COPY = ("import shutil, sys; shutil.rmtree(sys.argv[2], ignore_errors=True); "
          "'.venv', '__pycache__', '*.pyc', '*.egg-info', 'build', 'dist'))")
 
 # A real tensor operation on the chosen device: "ready" only if it computes the right answer there.
+# Run by the venv's Python, never imported here (test_no_torch.py checks the plugin's own imports).
 TORCH_PROBE = """\
-import json, sys
-import torch
+import json, sys, torch
 want = sys.argv[1]
 if want == "cuda" and not torch.cuda.is_available():
     sys.exit("CUDA not usable by torch %s (built for CUDA %s): %s" % (

@@ -61,3 +61,16 @@ def test_the_callers_mapping_is_not_modified() -> None:
     base = {**QGIS_LIKE, **USER}
     installer_environ(base, proxy="http://p:1")
     assert base == {**QGIS_LIKE, **USER}
+
+
+def test_proxy_url_from_qgis_settings() -> None:
+    from geossl_plugin.installer.environment import proxy_url
+
+    http = {"proxy/proxyEnabled": "true", "proxy/proxyType": "HttpProxy", "proxy/proxyHost": "proxy.corp",
+            "proxy/proxyPort": "3128", "proxy/proxyUser": "ana@corp", "proxy/proxyPassword": "p:w/1"}
+    assert proxy_url(http) == "http://ana%40corp:p%3Aw%2F1@proxy.corp:3128"
+    assert proxy_url({**http, "proxy/proxyUser": ""}) == "http://proxy.corp:3128"
+    assert proxy_url({**http, "proxy/proxyEnabled": False}) == ""
+    assert proxy_url({**http, "proxy/proxyType": "DefaultProxy"}) == "", "the system proxy: pip reads it itself"
+    assert proxy_url({**http, "proxy/proxyType": "Socks5Proxy"}) == ""
+    assert proxy_url({}) == ""

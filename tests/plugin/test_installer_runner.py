@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from geossl_plugin.installer.lock import LOCK_NAME, InstallLock
 from geossl_plugin.installer.plan import Step
 from geossl_plugin.installer.runner import BackendSetup, StepRunner
 
-from .conftest import CPU_INFO
+from .installer_fakes import make_fake_layout, setup_options
 from .procs import running
 
 WAIT_MS = 20_000
@@ -117,67 +116,13 @@ def test_a_hung_local_step_times_out_and_a_missing_program_is_reported(tmp_path:
 
 # --- the whole set-up against a fake Python -----------------------------------------------------------
 
-_FAKE_PYTHON = r'''#!{python}
-import json, os, shutil, stat, sys
-args = sys.argv[1:]
-here = os.path.dirname(os.path.abspath(__file__))
-def record(what):
-    with open(os.path.join({calls!r}), "a") as f:
-        f.write(json.dumps([os.path.abspath(__file__), what]) + "\n")
-if args[:1] == ["-c"] and "ensurepip" in args[1]:
-    print(json.dumps({{"version": {version!r}, "bits": 64, "venv": True, "executable": __file__}}))
-elif args[:2] == ["-m", "venv"]:
-    venv = args[-1]
-    os.makedirs(os.path.join(venv, "bin"), exist_ok=True)
-    me = os.path.join(venv, "bin", "python")
-    shutil.copy(__file__, me)
-    with open(os.path.join(venv, "bin", "geossl"), "w") as f:
-        f.write("#!{python}\nimport json\nprint(json.dumps({info!r}))\n")
-    for p in (me, os.path.join(venv, "bin", "geossl")):
-        os.chmod(p, os.stat(p).st_mode | stat.S_IXUSR)
-    record(args)
-elif args[:2] == ["-m", "pip"]:
-    record(args)
-    print("Successfully installed", args[-1])
-elif args[:1] == ["-c"] and "import torch" in args[1]:
-    record(["probe", args[2]])
-    print(json.dumps({{"ok": True, "device": args[2], "torch": "2.14.1+cpu"}}))
-elif args[:1] == ["-c"]:
-    record(["code"])
-    sys.argv = ["-c", *args[2:]]
-    exec(compile(args[1], "<string>", "exec"), {{"__name__": "__main__"}})
-else:
-    sys.exit("fake python: unexpected %r" % (args,))
-'''
-
-
-def _executable(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
-
-
 @pytest.fixture
-def fake_layout(tmp_path: Path) -> dict[str, Path]:
-    calls = tmp_path / "calls.jsonl"
-    old = _executable(tmp_path / "old" / "python3", _FAKE_PYTHON.format(
-        python=PY, calls=str(calls), version=[3, 9, 18], info=CPU_INFO))
-    good = _executable(tmp_path / "qgis" / "python3", _FAKE_PYTHON.format(
-        python=PY, calls=str(calls), version=[3, 12, 4], info=CPU_INFO))
-    plugin = tmp_path / "profile" / "geossl_plugin"
-    (plugin / "backend_src" / "geossl").mkdir(parents=True)
-    (plugin / "backend_src" / "pyproject.toml").write_text("[project]\nname = 'geossl'\n")
-    (plugin / "backend_src" / "requirements.txt").write_text("torch==2.14.1\n")
-    smi = _executable(tmp_path / "bin" / "nvidia-smi", f"#!{PY}\nprint('NVIDIA H200, 580.95.05, 9.0')\n")
-    return {"calls": calls, "old": old, "good": good, "plugin": plugin, "smi": smi, "root": tmp_path / "data"}
+def fake_layout(tmp_path: Path, fake_backend: Any) -> dict[str, Path]:
+    return make_fake_layout(tmp_path, fake_backend)
 
 
 def _setup(layout: dict[str, Path], **kwargs: Any) -> BackendSetup:
-    return BackendSetup(layout["plugin"], layout["root"], os_name="linux", machine="x86_64",
-                        which=lambda name: str(layout["smi"]) if name == "nvidia-smi" else None,
-                        candidates=[layout["old"], layout["good"]], retry_delay_ms=10,
-                        disk_usage=lambda _p: (10**12, 0, 10**12), **kwargs)
+    return BackendSetup(layout["plugin"], layout["root"], **setup_options(layout), **kwargs)
 
 
 def test_whole_setup_from_gpu_detection_to_the_backend_path(fake_layout: dict[str, Path], qtbot: Any) -> None:
