@@ -78,7 +78,7 @@ def build_plan(base_python: Path, venv: Path, os_name: str, choice: TorchChoice,
         Step("venv", f"Create the virtual environment in {venv}",
              (str(base_python), "-m", "venv", *(("--clear",) if fresh else ()), str(venv))),
         Step("pip", "Update pip", (*pip, "--upgrade", "pip"), download_mb=3, network=True),
-        Step("torch", f"Install torch ({choice.label})", (*pip, *choice.pip_index_args(), *torch_requirements()),
+        Step("torch", f"Install torch ({choice.label})", (*pip, *choice.pip_index_args(), *torch_requirements(choice)),
              download_mb=choice.download_mb, network=True),
         Step("copy", "Copy the backend source", (py, "-c", _COPY, str(source), str(copy))),
         # The torch pins are in the requirements too: the build just installed satisfies them

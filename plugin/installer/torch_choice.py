@@ -100,8 +100,14 @@ class TorchChoice:
         return ["--index-url", self.index_url] if self.index_url else []
 
 
-def torch_requirements() -> list[str]:
-    return [f"torch=={TORCH_VERSION}", f"torchvision=={TORCHVISION_VERSION}"]
+def torch_requirements(choice: TorchChoice | None = None) -> list[str]:
+    """The pins; for a download.pytorch.org build with its local label (``torch==2.14.1+cpu``).
+
+    The label is what makes switching CPU ↔ CUDA in an existing venv work: ``2.14.1+cu130``
+    installed satisfies a plain ``==2.14.1``, so pip would keep the old build.
+    """
+    label = f"+{choice.tag}" if choice is not None and choice.index_url else ""
+    return [f"torch=={TORCH_VERSION}{label}", f"torchvision=={TORCHVISION_VERSION}{label}"]
 
 
 # --- reading nvidia-smi ------------------------------------------------------------------------------

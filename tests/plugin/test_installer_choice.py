@@ -132,6 +132,13 @@ def test_arm_linux_gets_cpu_even_with_a_gpu() -> None:
     assert choice.device == "cpu" and "aarch64" in choice.reason
 
 
+def test_pytorch_index_builds_are_pinned_with_their_label_so_a_switch_reinstalls() -> None:
+    cuda = choose_torch("linux", "x86_64", detect_gpus(H200_LINUX))
+    assert torch_requirements(cuda) == ["torch==2.14.1+cu130", "torchvision==0.29.1+cu130"]
+    assert torch_requirements(choose_torch("windows", "AMD64"))[0] == "torch==2.14.1+cpu"
+    assert torch_requirements(choose_torch("darwin", "arm64")) == ["torch==2.14.1", "torchvision==0.29.1"]
+
+
 def test_pins_match_the_backend() -> None:
     from .conftest import REPO
 

@@ -37,7 +37,8 @@ def test_steps_in_order_all_run_by_the_venv_python(tmp_path: Path) -> None:
 def test_torch_comes_pinned_from_the_chosen_index_and_the_backend_from_its_copy(tmp_path: Path) -> None:
     plan = _plan(tmp_path, smi="NVIDIA H200, 580.95.05, 9.0\n")
     torch = next(s for s in plan.steps if s.key == "torch").argv
-    assert torch[-4:] == ("--index-url", "https://download.pytorch.org/whl/cu130", "torch==2.14.1", "torchvision==0.29.1")
+    assert torch[-4:] == ("--index-url", "https://download.pytorch.org/whl/cu130", "torch==2.14.1+cu130",
+                          "torchvision==0.29.1+cu130")
     assert "--no-input" in torch and "--retries" in torch
     backend = next(s for s in plan.steps if s.key == "backend").argv
     assert backend[-3:] == ("-r", str(tmp_path / "plugin" / "backend_src" / "requirements.txt"),

@@ -145,8 +145,8 @@ def test_whole_setup_from_gpu_detection_to_the_backend_path(fake_layout: dict[st
     assert all(program == str(venv / "bin" / "python") for program, _ in calls[1:])
     pip = [args for _, args in calls if args[:2] == ["-m", "pip"]]
     assert pip[0][-2:] == ["--upgrade", "pip"]
-    assert pip[1][-4:] == ["--index-url", "https://download.pytorch.org/whl/cu130", "torch==2.14.1",
-                           "torchvision==0.29.1"]
+    assert pip[1][-4:] == ["--index-url", "https://download.pytorch.org/whl/cu130", "torch==2.14.1+cu130",
+                           "torchvision==0.29.1+cu130"]
     assert pip[2][-1] == str(venv / "geossl-src") and (venv / "geossl-src" / "pyproject.toml").is_file()
     assert ["probe", "cuda"] in [args for _, args in calls]
     assert not (fake_layout["root"] / LOCK_NAME).exists(), "the lock is released"
