@@ -22,6 +22,7 @@ from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyq
 
 from .installer.environment import backend_environ as backend_environ  # re-exported: processing, tests
 from .installer.environment import is_qgis_only
+from .installer.locations import VENV_ROOT_KEY, current_os, installed_backend, venv_root
 
 BACKEND_PATH_KEY = "geossl/backend_path"
 INFO_ARGS = ("info", "--json")
@@ -80,10 +81,15 @@ def repo_backend_path(plugin_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def default_backend_path(plugin_dir: str | os.PathLike[str] | None = None) -> str | None:
-    """The checkout's backend venv if present, else ``geossl`` on PATH, else None."""
+    """The checkout's backend venv if present, else the one "Set up backend…" made, else ``geossl``
+    on PATH, else None."""
     candidate = repo_backend_path(plugin_dir)
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
+    saved_root = str(QgsSettings().value(VENV_ROOT_KEY, "", type=str) or "")
+    installed = installed_backend(Path(venv_root(saved_root)), current_os())
+    if installed is not None and os.access(installed, os.X_OK):
+        return str(installed)
     return shutil.which("geossl")
 
 

@@ -23,6 +23,7 @@ VENV_ROOT_KEY = "geossl/venv_root"
 MIN_PYTHON = (3, 10)
 BACKEND_SOURCE_DIR = "backend_src"  # inside the packaged plugin: the backend's pyproject.toml + geossl/
 REQUIREMENTS_FILE = "requirements.txt"
+READY_MARKER = "geossl-setup.json"  # in the venv, written when the set-up has passed its device test
 
 
 def current_os() -> str:
@@ -72,6 +73,20 @@ def venv_python(venv: PurePath, os_name: str) -> PurePath:
 def venv_geossl(venv: PurePath, os_name: str) -> PurePath:
     """The backend's command inside the venv: what the plugin then saves as its backend path."""
     return venv / "Scripts" / "geossl.exe" if os_name == WINDOWS else venv / "bin" / "geossl"
+
+
+def installed_backend(root: Path, os_name: str) -> Path | None:
+    """The ``geossl`` of the newest venv under ``root`` that a set-up finished (its marker file is
+    written only after the device test passed): found again even if the saved path is cleared."""
+    def minor(venv: Path) -> int:
+        match = re.search(r"venv-py3\.(\d+)$", venv.name)
+        return int(match.group(1)) if match else -1
+
+    for venv in sorted(Path(root).glob("venv-py3.*"), key=minor, reverse=True):
+        geossl = Path(venv_geossl(venv, os_name))
+        if (venv / READY_MARKER).is_file() and geossl.is_file():
+            return geossl
+    return None
 
 
 def is_inside(path: Path, folder: Path) -> bool:

@@ -9,6 +9,8 @@ module of ``installer`` that uses Qt.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import shutil
@@ -24,6 +26,7 @@ from .environment import installer_environ
 from .errors import Problem, classify
 from .locations import (
     PYTHON_PROBE,
+    READY_MARKER,
     WINDOWS,
     PythonFound,
     backend_source,
@@ -393,6 +396,8 @@ class BackendSetup(QObject):
             self._fail(Problem("busy", str(exc), "Wait for the other set-up to finish, then Retry."))
             return
         self.plan = build_plan(self.python.path, venv, self._os, self.choice, source[0], source[1], self._fresh)
+        with contextlib.suppress(OSError):  # "ready" again only once this run has passed its device test
+            (venv / READY_MARKER).unlink()
         logfile.append(self.log_path, f"Python: {self.python.path} {'.'.join(map(str, self.python.version))}\n")
         self.planned.emit(self.plan)
         self._runner = StepRunner(self.plan.steps, self._env, self.root, self.log_path,
@@ -415,6 +420,12 @@ class BackendSetup(QObject):
     def _on_succeeded(self) -> None:
         self._release()
         assert self.plan is not None
+        marker = {"torch": self.plan.choice.tag, "device": self.plan.choice.device, "reason": self.plan.choice.reason,
+                  "python": str(self.python.path if self.python else ""), "geossl": str(self.plan.geossl)}
+        try:
+            (self.plan.venv / READY_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        except OSError as exc:
+            logfile.append(self.log_path, f"[could not write {READY_MARKER}: {exc}]\n")
         self.succeeded.emit(str(self.plan.geossl))
 
     def _fail(self, problem: Problem) -> None:

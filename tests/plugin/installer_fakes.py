@@ -67,7 +67,8 @@ def make_fake_layout(tmp_path: Path, fake_backend: Any) -> dict[str, Path]:
     (plugin / "backend_src" / "pyproject.toml").write_text("[project]\nname = 'geossl'\n")
     (plugin / "backend_src" / "requirements.txt").write_text("torch==2.14.1\n")
     smi = _executable(tmp_path / "bin" / "nvidia-smi", f"#!{PY}\nprint('NVIDIA H200, 580.95.05, 9.0')\n")
-    return {"calls": calls, "old": old, "good": good, "plugin": plugin, "smi": smi, "root": tmp_path / "data"}
+    return {"calls": calls, "old": old, "good": good, "plugin": plugin, "smi": smi, "root": tmp_path / "data",
+            "geossl": geossl}
 
 
 def setup_options(layout: dict[str, Path]) -> dict[str, Any]:

@@ -146,3 +146,36 @@ def test_inside_check_resolves_links(tmp_path: Path) -> None:
     link.symlink_to(plugin, target_is_directory=True)
     assert is_inside(link / "venv", plugin) and is_inside(plugin, plugin)
     assert not is_inside(tmp_path / "venv", plugin)
+
+
+def test_a_finished_setup_is_found_again_newest_python_first(tmp_path: Path) -> None:
+    from geossl_plugin.installer.locations import READY_MARKER, installed_backend
+
+    assert installed_backend(tmp_path / "nothing", "linux") is None
+    for minor in (11, 12):
+        _file(tmp_path / f"venv-py3.{minor}" / "bin" / "geossl")
+    assert installed_backend(tmp_path, "linux") is None, "no marker: the set-up did not finish"
+    _file(tmp_path / "venv-py3.11" / READY_MARKER)
+    assert installed_backend(tmp_path, "linux") == tmp_path / "venv-py3.11" / "bin" / "geossl"
+    _file(tmp_path / "venv-py3.12" / READY_MARKER)
+    assert installed_backend(tmp_path, "linux") == tmp_path / "venv-py3.12" / "bin" / "geossl"
+    _file(tmp_path / "venv-py3.13" / "Scripts" / "geossl.exe")
+    _file(tmp_path / "venv-py3.13" / READY_MARKER)
+    assert installed_backend(tmp_path, "windows") == tmp_path / "venv-py3.13" / "Scripts" / "geossl.exe"
+
+
+def test_discovery_finds_the_set_up_venv_after_the_checkout(geossl_venv_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    from geossl_plugin.backend import default_backend_path
+    from geossl_plugin.installer.locations import READY_MARKER
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    plugin = tmp_path / "profile" / "geossl_plugin"  # no checkout around it
+    plugin.mkdir(parents=True)
+    assert default_backend_path(plugin) is None
+    geossl = _file(geossl_venv_root / "venv-py3.11" / "bin" / "geossl")
+    geossl.chmod(geossl.stat().st_mode | stat.S_IXUSR)
+    _file(geossl_venv_root / "venv-py3.11" / READY_MARKER)
+    assert default_backend_path(plugin) == str(geossl)

@@ -182,3 +182,19 @@ def test_no_usable_python_says_which_were_refused(fake_layout: dict[str, Path], 
     with qtbot.waitSignal(setup.failed, timeout=WAIT_MS) as blocker:
         setup.start()
     assert blocker.args[0].code == "python" and "3.9.18 is older than 3.10" in blocker.args[0].message
+
+
+def test_only_a_finished_setup_is_marked_ready(fake_layout: dict[str, Path], qtbot: Any) -> None:
+    from geossl_plugin.installer.locations import READY_MARKER
+
+    setup = _setup(fake_layout, override="cpu")
+    with qtbot.waitSignal(setup.succeeded, timeout=WAIT_MS):
+        setup.start()
+    marker = fake_layout["root"] / "venv-py3.12" / READY_MARKER
+    assert json.loads(marker.read_text())["torch"] == "cpu"
+    fake_layout["geossl"].write_text(f"#!{sys.executable}\nimport sys\nsys.exit('torch: DLL load failed')\n")
+    broken = _setup(fake_layout, override="cpu")
+    with qtbot.waitSignal(broken.failed, timeout=WAIT_MS) as blocker:
+        broken.start()
+    assert blocker.args[0].code == "vcredist"
+    assert not marker.exists(), "a run that failed its last check is not ready, even over a good venv"
