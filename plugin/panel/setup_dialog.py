@@ -30,12 +30,12 @@ from qgis.PyQt.QtWidgets import (
 
 from ..backend import save_backend_path
 from ..installer import logfile
+from ..installer.backend_setup import BackendSetup
 from ..installer.diagnostics import Facts, report
 from ..installer.environment import proxy_url
 from ..installer.errors import Problem
 from ..installer.locations import VENV_ROOT_KEY, venv_root
 from ..installer.plan import Plan
-from ..installer.runner import BackendSetup
 from ..installer.torch_choice import AUTO, CPU, CUDA
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The set-up runner with real child processes (fake commands, no network): order, log, retries, Cancel.
+"""The step runner and the whole set-up with real child processes (fake commands, no network): order, log, retries, Cancel.
 
 The whole "Set up backend…" runs against a fake base Python whose ``-m venv`` makes a fake venv
 (its pip only records what it was asked), so every step, its program and its arguments are real
@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from geossl_plugin.installer.backend_setup import BackendSetup
 from geossl_plugin.installer.environment import installer_environ
 from geossl_plugin.installer.lock import LOCK_NAME, InstallLock
 from geossl_plugin.installer.plan import Step
-from geossl_plugin.installer.runner import BackendSetup, StepRunner
+from geossl_plugin.installer.runner import StepRunner
 
 from .installer_fakes import make_fake_layout, setup_options
 from .procs import running
