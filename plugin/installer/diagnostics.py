@@ -9,9 +9,11 @@ only formats them, scrubbed of credentials. Stdlib only.
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .logfile import scrub
 
@@ -33,6 +35,21 @@ class Facts:
     nvidia_smi: str = ""
     log_tail: str = ""
     problem: str = ""
+
+
+_DIST_INFO = re.compile(r"^(?P<name>.+?)-(?P<version>[^-]+)\.dist-info$")
+
+
+def venv_packages(venv: Path) -> dict[str, str]:
+    """Installed distributions read from the venv's ``*.dist-info`` folders: no subprocess, so the
+    report is there even when the venv's Python no longer starts (``lib/python3.X`` or ``Lib``)."""
+    found: dict[str, str] = {}
+    for site in (*Path(venv).glob("lib/python3*/site-packages"), Path(venv) / "Lib" / "site-packages"):
+        for info in site.glob("*.dist-info") if site.is_dir() else ():
+            match = _DIST_INFO.match(info.name)
+            if match:
+                found[match.group("name").lower().replace("_", "-")] = match.group("version")
+    return found
 
 
 def _block(text: str) -> str:

@@ -31,7 +31,7 @@ from qgis.PyQt.QtWidgets import (
 from ..backend import save_backend_path
 from ..installer import logfile
 from ..installer.backend_setup import BackendSetup
-from ..installer.diagnostics import Facts, report
+from ..installer.diagnostics import Facts, report, venv_packages
 from ..installer.environment import proxy_url
 from ..installer.errors import Problem
 from ..installer.locations import VENV_ROOT_KEY, venv_root
@@ -248,5 +248,8 @@ class SetupDialog(QDialog):
         return json.dumps(probes[-1]) if probes else ""
 
     def _packages(self) -> dict[str, str]:
+        plan = self._setup.plan if self._setup else None
+        found = venv_packages(plan.venv) if plan else {}
         infos = [d for d in self._json_lines() if isinstance(d.get("versions"), dict)]
-        return {str(k): str(v) for k, v in infos[-1]["versions"].items()} if infos else {}
+        found.update({str(k): str(v) for k, v in infos[-1]["versions"].items()} if infos else {})
+        return found

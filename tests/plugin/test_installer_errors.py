@@ -93,3 +93,18 @@ def test_report_has_every_section_and_no_secrets() -> None:
     assert "ana:pw" not in text and "http://***@proxy:3128" in text
     empty = report(Facts())
     assert "_(none recorded)_" in empty and "(not chosen)" in empty
+
+
+def test_packages_are_read_from_the_venv_without_running_it(tmp_path: Path) -> None:
+    from geossl_plugin.installer.diagnostics import venv_packages
+
+    linux = tmp_path / "venv-py3.11" / "lib" / "python3.11" / "site-packages"
+    for name in ("torch-2.14.1+cu130.dist-info", "segmentation_models_pytorch-0.6.0.dist-info", "geossl-0.1.0.dist-info"):
+        (linux / name).mkdir(parents=True)
+    (linux / "torch").mkdir()
+    assert venv_packages(tmp_path / "venv-py3.11") == {
+        "torch": "2.14.1+cu130", "segmentation-models-pytorch": "0.6.0", "geossl": "0.1.0"}
+    windows = tmp_path / "venv-py3.12" / "Lib" / "site-packages"
+    (windows / "numpy-2.4.6.dist-info").mkdir(parents=True)
+    assert venv_packages(tmp_path / "venv-py3.12") == {"numpy": "2.4.6"}
+    assert venv_packages(tmp_path / "missing") == {}
