@@ -84,3 +84,26 @@ def test_a_failed_setup_shows_the_action_and_offers_retry(dock: GeoSSLDock, qtbo
     assert "Not enough free disk space" in dialog.step_label.text() and "What to do" in dialog.step_label.text()
     assert saved_backend_path() == "" and not section.is_connected()
     assert "- Problem: Not enough free disk space" in dialog.diagnostics()
+
+
+def test_cancel_stops_pip_releases_the_lock_and_offers_retry(dock: GeoSSLDock, qtbot: Any, tmp_path: Path,
+                                                              fake_backend: Any) -> None:
+    from geossl_plugin.installer.lock import LOCK_NAME
+
+    from .procs import running
+
+    layout = make_fake_layout(tmp_path, fake_backend)
+    Path(str(layout["calls"]) + ".slow").write_text("")
+    section = dock.backend_section
+    section.setup_options = {**setup_options(layout), "plugin_dir": layout["plugin"]}
+    dialog = section.open_setup()
+    dialog.folder_widget.setFilePath(str(layout["root"]))
+    dialog.install_button.click()
+    pid_file = Path(str(layout["calls"]) + ".pid")
+    qtbot.waitUntil(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=WAIT_MS)
+    assert "Update pip" in dialog.step_label.text() and (layout["root"] / LOCK_NAME).exists()
+    dialog.cancel_button.click()
+    qtbot.waitUntil(lambda: dialog.install_button.text() == "Retry", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not running(int(pid_file.read_text())), timeout=WAIT_MS)
+    assert "Cancelled" in dialog.step_label.text() and not (layout["root"] / LOCK_NAME).exists()
+    assert saved_backend_path() == "" and dialog.install_button.isEnabled()
