@@ -60,6 +60,7 @@ class BackendSetup(QObject):
     cancelled = pyqtSignal()
 
     def __init__(self, plugin_dir: Path, root: Path, override: str = AUTO, proxy: str = "", fresh: bool = False,
+                 cert: str = "",
                  *, os_name: str | None = None, machine: str | None = None, executable: str = sys.executable,
                  prefix: str = sys.prefix, which: Callable[[str], str | None] = shutil.which,
                  candidates: Sequence[Path] | None = None, retry_delay_ms: int = 5000,
@@ -73,7 +74,7 @@ class BackendSetup(QObject):
         self._fresh = fresh
         self._os = os_name or current_os()
         self._machine = machine or platform.machine()
-        self._env = installer_environ(proxy=proxy)
+        self._env = installer_environ(proxy=proxy, cert=cert)
         self._which = which
         self._candidates = list(candidates) if candidates is not None else \
             python_candidates(self._os, executable, prefix, which=which)

@@ -37,14 +37,15 @@ def backend_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def installer_environ(base: Mapping[str, str] | None = None, proxy: str = "") -> dict[str, str]:
+def installer_environ(base: Mapping[str, str] | None = None, proxy: str = "", cert: str = "") -> dict[str, str]:
     """The environment for venv/pip/probe commands of the set-up.
 
     On top of :func:`backend_environ`: no user site-packages and no current folder on ``sys.path``
     (a stray ``numpy/`` or ``torch.py`` beside QGIS's working folder must not be imported), stale
     certificate variables dropped, and the proxy (read by the caller from QGIS's settings, already
     as ``http://user:pass@host:port``) given to pip in both spellings; an empty proxy keeps the
-    user's own proxy variables.
+    user's own proxy variables. ``cert``: a company root certificate (PEM) for HTTPS inspection,
+    given to pip and to Python's ssl.
     """
     env = backend_environ(base)
     env["PYTHONNOUSERSITE"] = "1"
@@ -54,6 +55,9 @@ def installer_environ(base: Mapping[str, str] | None = None, proxy: str = "") ->
     for name in CERTIFICATE_VARIABLES:
         if name in env and not os.path.isfile(env[name]):
             del env[name]
+    if cert.strip():
+        for name in ("PIP_CERT", *CERTIFICATE_VARIABLES):
+            env[name] = cert.strip()
     proxy = proxy.strip()
     if proxy:
         for name in PROXY_VARIABLES:

@@ -26,7 +26,7 @@ _RULES: tuple[tuple[str, tuple[str, ...], str, str, bool], ...] = (
     ("ssl", (r"CERTIFICATE_VERIFY_FAILED", r"certificate verify failed", r"SSLError", r"\[SSL[:\]]"),
      "A secure connection could not be verified (SSL certificate).",
      "A company proxy or antivirus that inspects HTTPS usually causes this: ask IT for its root "
-     "certificate and point pip at it (pip config set global.cert <file>), or try another network; then Retry.",
+     "certificate (a .pem file), choose it as Certificate in the set-up, or try another network; then Retry.",
      False),
     ("disk", (r"No space left on device", r"Errno 28\b", r"not enough space on the disk", r"WinError 112\b"),
      "The disk is full.", "Free some space (6 GB for a CUDA install, 2 GB for CPU) or choose another install "

@@ -40,6 +40,7 @@ from ..installer.torch_choice import AUTO, CPU, CUDA
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 TORCH_KEY = "geossl/setup_torch"
+CERT_KEY = "geossl/setup_cert"
 _LOG_LINES = 400
 
 
@@ -80,6 +81,13 @@ class SetupDialog(QDialog):
         saved = str(QgsSettings().value(TORCH_KEY, AUTO, type=str) or AUTO)
         self.torch_combo.setCurrentIndex(max(0, self.torch_combo.findData(saved)))
         self.fresh_box = QCheckBox("Reinstall from scratch (empties the environment first)", self)
+        self.cert_widget = QgsFileWidget(self)
+        self.cert_widget.setObjectName("geosslSetupCert")
+        self.cert_widget.setStorageMode(QgsFileWidget.GetFile)
+        self.cert_widget.setFilter("Certificates (*.pem *.crt *.cer);;All files (*)")
+        self.cert_widget.setFilePath(str(QgsSettings().value(CERT_KEY, "", type=str) or ""))
+        self.cert_widget.setToolTip("Only behind a company proxy that inspects HTTPS (SSL errors): its root "
+                                    "certificate as a PEM file, given to pip")
         self.summary_label = QLabel("Press Install: nothing is downloaded before that.", self)
         self.summary_label.setObjectName("geosslSetupSummary")
         self.summary_label.setWordWrap(True)
@@ -109,6 +117,7 @@ class SetupDialog(QDialog):
         form = QFormLayout()
         form.addRow("Install folder", self.folder_widget)
         form.addRow("torch", self.torch_combo)
+        form.addRow("Certificate", self.cert_widget)
         form.addRow(self.fresh_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.diagnostics_button)
@@ -138,11 +147,13 @@ class SetupDialog(QDialog):
         settings = QgsSettings()
         settings.setValue(VENV_ROOT_KEY, str(root))
         settings.setValue(TORCH_KEY, self.torch_combo.currentData())
+        cert = self.cert_widget.filePath().strip()
+        settings.setValue(CERT_KEY, cert)
         self._problem = None
         self._output = ""
         self.log_view.clear()
         self._setup = BackendSetup(self._plugin_dir, root, override=self.torch_combo.currentData(),
-                                   proxy=qgis_proxy(), fresh=self.fresh_box.isChecked(), parent=self,
+                                   proxy=qgis_proxy(), fresh=self.fresh_box.isChecked(), cert=cert, parent=self,
                                    **self._setup_options)  # type: ignore[arg-type]
         self._setup.status.connect(self.step_label.setText)
         self._setup.planned.connect(self._on_planned)
@@ -221,7 +232,7 @@ class SetupDialog(QDialog):
     def _set_running(self, running: bool) -> None:
         self.install_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for widget in (self.folder_widget, self.torch_combo, self.fresh_box):
+        for widget in (self.folder_widget, self.torch_combo, self.fresh_box, self.cert_widget):
             widget.setEnabled(not running)
 
     def reject(self) -> None:

@@ -34,6 +34,9 @@ elif args[:2] == ["-m", "venv"]:
     record(args)
 elif args[:2] == ["-m", "pip"]:
     record(args)
+    with open({calls!r} + ".env", "w") as f:  # what pip would see
+        json.dump({{k: os.environ.get(k) for k in ("PIP_CERT", "HTTPS_PROXY", "http_proxy", "PYTHONNOUSERSITE",
+                                                  "PYTHONPATH", "QGIS_PREFIX_PATH")}}, f)
     if os.path.exists({calls!r} + ".slow"):  # a test wants to cancel a download in progress
         open({calls!r} + ".pid", "w").write(str(os.getpid()))
         import time; time.sleep(60)

@@ -74,3 +74,12 @@ def test_proxy_url_from_qgis_settings() -> None:
     assert proxy_url({**http, "proxy/proxyType": "DefaultProxy"}) == "", "the system proxy: pip reads it itself"
     assert proxy_url({**http, "proxy/proxyType": "Socks5Proxy"}) == ""
     assert proxy_url({}) == ""
+
+
+def test_a_company_certificate_goes_to_pip_and_ssl(tmp_path: Path) -> None:
+    bundle = tmp_path / "corp-root.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = installer_environ({**USER, "SSL_CERT_FILE": str(tmp_path / "gone.pem")}, cert=f" {bundle} ")
+    for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        assert env[name] == str(bundle)
+    assert "PIP_CERT" not in installer_environ(USER), "no certificate chosen: none invented"
