@@ -10,7 +10,7 @@ Stdlib only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 TORCH_VERSION = "2.14.1"
 TORCHVISION_VERSION = "0.29.1"
@@ -86,6 +86,7 @@ class TorchChoice:
     download_mb: int
     reason: str
     supported: bool = True  # False: no torch build exists for this machine at all
+    labelled: bool = True  # the index's wheels carry "+<tag>" (x86-64 CPU and CUDA builds do, ARM CPU ones not)
     gpus: tuple[Gpu, ...] = field(default=(), compare=False)
 
     @property
@@ -106,7 +107,7 @@ def torch_requirements(choice: TorchChoice | None = None) -> list[str]:
     The label is what makes switching CPU ↔ CUDA in an existing venv work: ``2.14.1+cu130``
     installed satisfies a plain ``==2.14.1``, so pip would keep the old build.
     """
-    label = f"+{choice.tag}" if choice is not None and choice.index_url else ""
+    label = f"+{choice.tag}" if choice is not None and choice.index_url and choice.labelled else ""
     return [f"torch=={TORCH_VERSION}{label}", f"torchvision=={TORCHVISION_VERSION}{label}"]
 
 
@@ -185,7 +186,8 @@ def choose_torch(os_name: str, machine: str, gpus: list[Gpu] | tuple[Gpu, ...] =
         return TorchChoice("mps", "pypi", None, CPU_DOWNLOAD_MB["darwin"],
                            why + "Apple Silicon: the standard build uses the GPU through MPS.")
     if arch not in ("x86_64", "amd64"):
-        return _cpu(os_name, f"CPU: CUDA builds of torch are offered for x86-64 here, not {machine}.", gpus)
+        arm = _cpu(os_name, f"CPU: CUDA builds of torch are offered for x86-64 here, not {machine}.", gpus)
+        return replace(arm, labelled=False)
     if override == CPU:
         return _cpu(os_name, "CPU chosen by you.", gpus)
     if not gpus:

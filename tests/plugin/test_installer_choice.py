@@ -130,6 +130,7 @@ def test_macs() -> None:
 def test_arm_linux_gets_cpu_even_with_a_gpu() -> None:
     choice = choose_torch("linux", "aarch64", detect_gpus(H200_LINUX))
     assert choice.device == "cpu" and "aarch64" in choice.reason
+    assert torch_requirements(choice)[0] == "torch==2.14.1", "ARM CPU wheels carry no +cpu label"
 
 
 def test_pytorch_index_builds_are_pinned_with_their_label_so_a_switch_reinstalls() -> None:
