@@ -20,17 +20,14 @@ from qgis.core import QgsSettings
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
+from .installer.environment import backend_environ as backend_environ  # re-exported: processing, tests
+from .installer.environment import is_qgis_only
+from .installer.locations import VENV_ROOT_KEY, current_os, installed_backend, venv_root
+
 BACKEND_PATH_KEY = "geossl/backend_path"
 INFO_ARGS = ("info", "--json")
 DEFAULT_TIMEOUT_S = 120.0  # a cold first `import torch` plus CUDA start-up can take a minute on Windows
 
-# QGIS points these at its own Python, PROJ, GDAL and Qt; inherited by the backend's Python they
-# cause the classic clashes (numpy ABI, two proj.db, Qt plugins): see design/field-lessons.md §5.
-_REMOVED_NAMES = frozenset({
-    "PYQGIS_STARTUP", "GDAL_DATA", "GDAL_DRIVER_PATH", "GDAL_FILENAME_IS_UTF8", "GEOTIFF_CSV",
-    "DYLD_LIBRARY_PATH", "DYLD_FALLBACK_LIBRARY_PATH", "DYLD_FRAMEWORK_PATH",
-})
-_REMOVED_PREFIXES = ("PYTHON", "PROJ_", "QT_", "QGIS_", "OSGEO4W_", "O4W_")
 _STDERR_TAIL_CHARS = 2000
 
 
@@ -84,10 +81,15 @@ def repo_backend_path(plugin_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def default_backend_path(plugin_dir: str | os.PathLike[str] | None = None) -> str | None:
-    """The checkout's backend venv if present, else ``geossl`` on PATH, else None."""
+    """The checkout's backend venv if present, else the one "Set up backend…" made, else ``geossl``
+    on PATH, else None."""
     candidate = repo_backend_path(plugin_dir)
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
+    saved_root = str(QgsSettings().value(VENV_ROOT_KEY, "", type=str) or "")
+    installed = installed_backend(Path(venv_root(saved_root)), current_os())
+    if installed is not None and os.access(installed, os.X_OK):
+        return str(installed)
     return shutil.which("geossl")
 
 
@@ -114,7 +116,7 @@ def check_executable(path: str | None) -> str:
     if not path:
         raise BackendError(
             "Backend not found: no 'geossl' in the plugin's backend/.venv or on PATH. "
-            "Install the backend, or choose its 'geossl' executable in the Backend section.")
+            "Press 'Set up backend…' in the Backend section, or choose its 'geossl' executable there.")
     p = Path(path).expanduser()
     if not p.exists():
         raise BackendError(f"Backend not found at {p}. Choose the 'geossl' executable of the "
@@ -127,26 +129,18 @@ def check_executable(path: str | None) -> str:
 
 # --- the child environment -----------------------------------------------------------------------
 
-def _is_qgis_only(name: str) -> bool:
-    upper = name.upper()
-    return upper in _REMOVED_NAMES or upper.startswith(_REMOVED_PREFIXES)
-
-
 def backend_environment(base: QProcessEnvironment | None = None) -> QProcessEnvironment:
-    """The current environment minus everything that points into QGIS's own installation."""
+    """The current environment minus everything that points into QGIS's own installation.
+
+    What is removed is defined once, in ``installer.environment`` (``backend_environ`` is the same
+    cleaning for ``subprocess``, re-exported here for the Processing algorithms).
+    """
     env = QProcessEnvironment(base) if base is not None else QProcessEnvironment.systemEnvironment()
     names = env.keys()  # QProcessEnvironment is not iterable itself
     for name in names:
-        if _is_qgis_only(name):
+        if is_qgis_only(name):
             env.remove(name)
     env.insert("PYTHONIOENCODING", "utf-8")  # JSON on stdout must not depend on the Windows code page
-    return env
-
-
-def backend_environ(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The same cleaning for ``subprocess`` (Processing algorithms start the backend without Qt)."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not _is_qgis_only(k)}
-    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 

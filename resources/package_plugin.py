@@ -2,7 +2,9 @@
 """Build ``dist/geossl_plugin-<version>.zip``, the file uploaded to plugins.qgis.org.
 
 Why a script: the checkout links ``plugin/metadata.txt`` and ``plugin/icon.svg`` to shared files, and
-the repository's validator wants real files, a LICENSE, and no ``__pycache__``/``.pyc``. Stdlib only,
+the repository's validator wants real files, a LICENSE, and no ``__pycache__``/``.pyc``. The zip also
+carries the backend's source and pinned requirements under ``geossl_plugin/backend_src/``: "Set up
+backend…" installs the backend from there, so plugin and backend versions always match. Stdlib only,
 so it runs with any Python 3.10+:  python3 resources/package_plugin.py [--out-dir DIR]
 """
 
@@ -19,6 +21,9 @@ PACKAGE = "geossl_plugin"
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {"__pycache__", ".git", "__MACOSX", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp"}
+BACKEND_DIR = "backend_src"  # plugin/installer/locations.py looks for it under this name
+BACKEND_FILES = ("pyproject.toml", "requirements.txt")
+BACKEND_PACKAGE = "geossl"
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible zips: same sources, same bytes
 
 
@@ -49,6 +54,21 @@ def plugin_files(plugin_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def backend_files(backend_dir: Path) -> list[tuple[Path, str]]:
+    """The backend's pyproject, pinned requirements and ``geossl`` package (never its .venv or build output)."""
+    found = []
+    for name in BACKEND_FILES:
+        if not (backend_dir / name).is_file():
+            raise PackagingError(f"{backend_dir / name} is missing; the set-up installs the backend from it")
+        found.append((backend_dir / name, f"{BACKEND_DIR}/{name}"))
+    package = backend_dir / BACKEND_PACKAGE
+    if not (package / "__init__.py").is_file():
+        raise PackagingError(f"{package} is not a Python package")
+    for source, arc in plugin_files(package):
+        found.append((source, f"{BACKEND_DIR}/{BACKEND_PACKAGE}/{arc}"))
+    return found
+
+
 def build(repo: Path = REPO, out_dir: Path | None = None) -> Path:
     meta = read_metadata(repo)
     version = meta.get("version", "").strip()
@@ -56,6 +76,9 @@ def build(repo: Path = REPO, out_dir: Path | None = None) -> Path:
         raise PackagingError("metadata.txt has no version")
     files = plugin_files(repo / "plugin")
     names = {arc for _, arc in files}
+    if any(arc.startswith(f"{BACKEND_DIR}/") for arc in names):
+        raise PackagingError(f"plugin/{BACKEND_DIR} must not exist in the checkout; it is built from backend/")
+    files += backend_files(repo / "backend")
     for required in ("__init__.py", "metadata.txt", meta.get("icon", "icon.svg")):
         if required not in names:
             raise PackagingError(f"plugin/{required} is missing")

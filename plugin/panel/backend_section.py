@@ -39,6 +39,7 @@ from ..backend import (
 )
 from ..client import ApiClient, ApiError, Connection
 from ..launcher import START_TIMEOUT_S, LocalService
+from .setup_dialog import SetupDialog
 from .status_light import BackendState, StatusLight
 
 _NOTHING = "—"
@@ -115,6 +116,13 @@ class BackendSection(QGroupBox):
         self.stop_button = QPushButton(self)
         self.stop_button.setObjectName("geosslStopBackend")
         self.stop_button.clicked.connect(self.disconnect_backend)
+        self.setup_button = QPushButton("Set up backend…", self)
+        self.setup_button.setObjectName("geosslSetupBackend")
+        self.setup_button.setToolTip("Install the backend (Python, torch, GeoSSL) into its own environment on this "
+                                     "computer, from the package index; a few minutes, 0.3–3 GB of downloads")
+        self.setup_button.clicked.connect(self.open_setup)
+        self.setup_dialog: SetupDialog | None = None
+        self.setup_options: dict[str, object] = {}  # passed to the dialog's BackendSetup (tests: fakes)
 
         mode_row = QVBoxLayout()  # stacked, and the check box on its own row: the dock stays narrow
         mode_row.addWidget(self.local_radio)
@@ -132,6 +140,7 @@ class BackendSection(QGroupBox):
         self._form.addRow("URL", self.url_edit)
         self._form.addRow("Token", self.token_edit)
         self._form.addRow(self.autostart_box)
+        self._form.addRow(self.setup_button)  # its own row: the dock stays narrow
         self._form.addRow(buttons)
         self._update_placeholder()
         self._on_mode_changed()
@@ -212,6 +221,22 @@ class BackendSection(QGroupBox):
         """Stop everything (the plugin is unloading or QGIS is closing)."""
         self._attempt += 1
         self._reset()
+        if self.setup_dialog is not None:
+            self.setup_dialog.cancel()
+
+    def open_setup(self) -> SetupDialog:
+        """Show the set-up dialog (one per section); once it succeeds the new backend is started."""
+        if self.setup_dialog is None:
+            self.setup_dialog = SetupDialog(self, **self.setup_options)
+            self.setup_dialog.installed.connect(self._on_installed)
+        self.setup_dialog.show()
+        self.setup_dialog.raise_()
+        return self.setup_dialog
+
+    def _on_installed(self, path: str) -> None:
+        self.path_widget.setFilePath(path)  # saves it (fileChanged → save_backend_path)
+        if not self.is_remote() and not self._busy and not self.is_connected():
+            self.connect_backend()
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -297,6 +322,7 @@ class BackendSection(QGroupBox):
     def _on_mode_changed(self, *_: object) -> None:
         remote = self.is_remote()
         conn.set_mode(conn.REMOTE if remote else conn.LOCAL)
+        self.setup_button.setVisible(not remote)
         for widget, visible in ((self.path_widget, not remote), (self.url_edit, remote), (self.token_edit, remote)):
             widget.setVisible(visible)
             label = self._form.labelForField(widget)
@@ -313,4 +339,10 @@ class BackendSection(QGroupBox):
     def _update_placeholder(self) -> None:
         found = default_backend_path()
         self.path_widget.lineEdit().setPlaceholderText(
-            f"automatic: {found}" if found else "automatic: not found — choose the geossl executable")
+            f"automatic: {found}" if found else "automatic: not found — press Set up backend…")
+        missing = not found and not self.path_widget.filePath().strip()
+        font = self.setup_button.font()
+        font.setBold(missing)  # offered first when there is nothing to start
+        self.setup_button.setFont(font)
+        if missing and not self._busy and not self.is_connected():
+            self.status.set_state(BackendState.UNKNOWN, "No backend on this computer yet: press 'Set up backend…'")

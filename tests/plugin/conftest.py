@@ -166,6 +166,17 @@ def geossl_data_dir(clean_geossl_settings: None, tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def geossl_venv_root(clean_geossl_settings: None, tmp_path: Path) -> Path:
+    """Where "Set up backend…" installs, and where discovery looks for its venv: per test, never the
+    real ~/.local/share/geossl (a developer's own set-up must not change what the tests find)."""
+    from geossl_plugin.installer.locations import VENV_ROOT_KEY
+
+    folder = tmp_path / "geossl-venvs"
+    QgsSettings().setValue(VENV_ROOT_KEY, str(folder))
+    return folder
+
+
 @pytest.fixture
 def project() -> Iterator[Any]:
     """QGIS's project, emptied before and after the test."""
