@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsSettings
 
 from .client import Connection
+from .installer.lock import pid_alive as process_exists
 
 MODE_KEY = "geossl/connection/mode"
 URL_KEY = "geossl/connection/url"
@@ -66,17 +66,7 @@ def read_discovery(path: Path) -> Discovery | None:
 
 def pid_alive(pid: int | None) -> bool:
     """Whether a process with this id exists (a stale discovery file outlives a killed service)."""
-    if not pid or pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(pid) and process_exists(pid)
 
 
 def remove_stale_discovery(path: Path) -> None:
