@@ -98,13 +98,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _resolve(ref: str) -> Any:
+    """The object a ``"module:name"`` reference names (runners and parameter classes cross processes so)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _rank_main(runner: str, params_class: str, params: dict, env: dict[str, str], threads: int) -> None:
     os.environ.update(env)
     torch.set_num_threads(threads)
-    module, name = runner.split(":")
-    klass_module, klass = params_class.split(":")
-    p = getattr(importlib.import_module(klass_module), klass).model_validate(params)
-    getattr(importlib.import_module(module), name)(p)
+    _resolve(runner)(_resolve(params_class).model_validate(params))
 
 
 def run_local_group(runner: str, params: Any, progress: Any, processes: int) -> Any:
@@ -127,9 +130,8 @@ def run_local_group(runner: str, params: Any, progress: Any, processes: int) -> 
         p.start()
     os.environ.update(env | {"RANK": "0", "LOCAL_RANK": "0"})
     torch.set_num_threads(threads)
-    module, name = runner.split(":")
     try:
-        return getattr(importlib.import_module(module), name)(params, progress)
+        return _resolve(runner)(params, progress)
     finally:
         for k, v in saved.items():
             if v is None:

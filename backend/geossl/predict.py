@@ -150,8 +150,9 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         conf_out = scratch = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.confidence.partial.tif"
         if ctx.enabled:  # every process must name the same file
             conf_out = scratch = out.parent / f".{out.name}.confidence.partial.tif"
-    class_band = {"colormap": table.colormap(), "descriptions": ["class"], "tags": tags}
-    conf_band = {"descriptions": ["confidence"]}
+    class_band = {"dtype": "uint8", "nodata": nodata, "colormap": table.colormap(), "descriptions": ["class"],
+                  "tags": tags}
+    conf_band = {"dtype": "float32", "nodata": float("nan"), "descriptions": ["confidence"]}
     predictor = torch_predictor(model, device, params.amp, params.tta)
 
     def classify(rows: tuple[int, int] | None, class_path: Path, conf_path: Path | None) -> None:
@@ -160,9 +161,8 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         grid = window_info(info, Window(0, r0, info.width, r1 - r0))
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open_raster(params.raster))
-            dst = stack.enter_context(geotiff_writer(class_path, grid, 1, "uint8", nodata, **class_band))
-            conf_dst = stack.enter_context(geotiff_writer(
-                conf_path, grid, 1, "float32", float("nan"), **conf_band)) if conf_path else None
+            dst = stack.enter_context(geotiff_writer(class_path, grid, 1, **class_band))
+            conf_dst = stack.enter_context(geotiff_writer(conf_path, grid, 1, **conf_band)) if conf_path else None
 
             def write(w: Window, classes: np.ndarray, conf: np.ndarray) -> None:
                 valid = classes >= 0
@@ -180,7 +180,8 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
             buffer.flush()
 
     if ctx.enabled:
-        _predict_share(ctx, device, classify, info, out, conf_out, class_band, conf_band, nodata, counts)
+        outputs = [(out, class_band)] + ([(conf_out, conf_band)] if conf_out else [])
+        _predict_share(ctx, device, classify, info, outputs, counts)
         if not ctx.main:
             return {"rank": ctx.rank, "seconds": round(time.monotonic() - t0, 2)}
     else:
@@ -212,21 +213,22 @@ def _part(path: Path, rank: int, ctx: Distributed) -> Path:
     return path.parent / f".{path.name}.part{rank}of{ctx.world_size}.tif"
 
 
-def _predict_share(ctx: Distributed, device: torch.device, classify, info: RasterInfo, out: Path,
-                   conf_out: Path | None, class_band: dict, conf_band: dict, nodata: int,
-                   counts: np.ndarray) -> None:
-    """This process's rows into its part files; then rank 0 joins every part into the outputs.
+def _predict_share(ctx: Distributed, device: torch.device, classify, info: RasterInfo,
+                   outputs: list[tuple[Path, dict]], counts: np.ndarray) -> None:
+    """This process's rows into its part files; then rank 0 joins every part into the outputs
+    (classes first, then the confidence if any: each with its GeoTIFF writer's options).
 
     The processes agree on success before anything is joined: one failure fails them all, and
     the parts are removed (the outputs are written atomically, so none is left half-written).
     """
     shares = row_shares(info.height, ctx.world_size)
-    targets = [out] + ([conf_out] if conf_out else [])
+    targets = [target for target, _ in outputs]
     mine = shares[ctx.rank]
     error: BaseException | None = None
     try:
         if mine[1] > mine[0]:
-            classify(mine, _part(out, ctx.rank, ctx), _part(conf_out, ctx.rank, ctx) if conf_out else None)
+            parts = [_part(target, ctx.rank, ctx) for target in targets]
+            classify(mine, parts[0], parts[1] if len(parts) > 1 else None)
     except Exception as exc:  # noqa: BLE001 — reported to every process, then re-raised here
         error = exc
     failed = all_succeeded(error is None, device)
@@ -240,24 +242,23 @@ def _predict_share(ctx: Distributed, device: torch.device, classify, info: Raste
         torch.distributed.all_reduce(total)
         counts[:] = total.cpu().numpy()
         if ctx.main:
-            for target, band, dtype, nd in zip(targets, [class_band, conf_band], ["uint8", "float32"],
-                                               [nodata, float("nan")], strict=False):
+            for target, band in outputs:
                 _join_parts(target, [(_part(target, r, ctx), share) for r, share in enumerate(shares)
-                                     if share[1] > share[0]], info, dtype, nd, band)
+                                     if share[1] > share[0]], info, band)
         torch.distributed.barrier()  # nobody removes a part rank 0 still reads
     finally:
         for target in targets:
             _part(target, ctx.rank, ctx).unlink(missing_ok=True)
 
 
-def _join_parts(target: Path, parts: list[tuple[Path, tuple[int, int]]], info: RasterInfo, dtype: str,
-                nodata: float, band: dict, rows: int = 256) -> None:
+def _join_parts(target: Path, parts: list[tuple[Path, tuple[int, int]]], info: RasterInfo, band: dict,
+                rows: int = 256) -> None:
     """Copy each process's band of rows into ``target``, 256 rows (one GeoTIFF block) at a time."""
     missing = [p.name for p, _ in parts if not p.exists()]
     if missing:
         raise GeoSSLError(f"Part(s) {', '.join(missing)} of the distributed prediction are not in '{target.parent}'.",
                           "write the output to a folder that every node of the job sees (a shared filesystem).")
-    with geotiff_writer(target, info, 1, dtype, nodata, **band) as dst:
+    with geotiff_writer(target, info, 1, **band) as dst:
         for path, (r0, r1) in parts:
             with open_raster(path) as src:
                 for y in range(0, r1 - r0, rows):

@@ -124,7 +124,7 @@ def _worker(rank: int, init_file: str, folder: str) -> None:
         write_raster(class_path, np.ones((1, rows[1] - rows[0], info.width), np.uint8))
 
     try:
-        _predict_share(ctx, torch.device("cpu"), classify, info, out, None, {}, {}, 0, np.zeros(2, np.int64))
+        _predict_share(ctx, torch.device("cpu"), classify, info, [(out, {})], np.zeros(2, np.int64))
         message = "no error"
     except (GeoSSLError, ValueError) as exc:
         message = f"{type(exc).__name__}: {exc}"
