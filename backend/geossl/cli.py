@@ -20,7 +20,16 @@ from . import __version__
 from .errors import GeoSSLError
 from .methods import method_names
 from .progress import JsonLinesReporter, TqdmReporter
-from .schemas import DEFAULT_FINETUNE_MINUTES, ENCODERS, FinetuneParams, PredictParams
+from .schemas import (
+    DEFAULT_FINETUNE_MINUTES,
+    ENCODERS,
+    ORT_MIN_PIXELS,
+    PREDICT_BATCH_HELP,
+    PREDICT_OVERLAP,
+    PREDICT_TILE_HELP,
+    FinetuneParams,
+    PredictParams,
+)
 
 EXIT_USER_ERROR = 2
 WEIGHT_FILES = ("a torchvision/timm/torchgeo ResNet state dict (.pth/.pt/.ckpt/.safetensors, e.g. SSL4EO-S12 "
@@ -84,7 +93,7 @@ FINETUNE_FLAGS = {"raster": "rasters", "labels": "labels", "class_field": "class
                   "val_fraction": "val_fraction", "patience": "patience", "seed": "seed", "workers": "workers",
                   "device": "device", "resume": "resume"}
 PREDICT_FLAGS = {"model": "model", "raster": "raster", "out": "out", "confidence": "confidence", "tile": "tile",
-                 "overlap": "overlap", "batch": "batch", "device": "device", "tta": "tta", "extent": "extent",
+                 "overlap": "overlap", "batch": "batch", "device": "device", "tta": "tta", "cog": "cog", "engine": "engine", "extent": "extent",
                  "forest_weight": "forest_weight", "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
 
 
@@ -392,12 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--raster", required=True, metavar="R.tif")
     pr.add_argument("--out", required=True, metavar="CLASSES.tif", help="classified GeoTIFF to write")
     pr.add_argument("--confidence", metavar="CONF.tif", help="also write the confidence (max probability)")
-    pr.add_argument("--tile", type=int, help="tile size (default: the model's training tile)")
-    pr.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
-    pr.add_argument("--batch", type=int, help="tiles per forward pass " + _default("batch", PredictParams))
+    pr.add_argument("--tile", type=int, help=f"tile size (default: {PREDICT_TILE_HELP})")
+    pr.add_argument("--overlap", type=int, help=f"tile overlap in pixels (default: {PREDICT_OVERLAP})")
+    pr.add_argument("--batch", type=int, help=f"tiles per forward pass (default: {PREDICT_BATCH_HELP})")
     pr.add_argument("--tta", action="store_true", default=None,
                     help="smoother map: average the model over the 8 flips/rotations of every tile (8× the "
                          "compute; default: " + ("on" if PredictParams.model_fields["tta"].default else "off") + ")")
+    pr.add_argument("--engine", choices=["auto", "torch", "onnxruntime"],
+                    help=f"auto (default): ONNX Runtime on the CPU for rasters of ≥ {ORT_MIN_PIXELS // 10**6} Mpx or "
+                         "a model already exported at this tile (faster there), torch otherwise")
+    pr.add_argument("--cog", action="store_true", default=None,
+                    help="write Cloud Optimized GeoTIFFs: overviews inside, fast to display at any zoom, readable "
+                         "over HTTP (default: plain tiled GeoTIFFs)")
     pr.add_argument("--forest-weight", type=float, metavar="W", help="share of the model's per-pixel forest in "
                     "the map, 0–1 (default: the share chosen on the validation polygons; 0: the network alone)")
     pr.add_argument("--vector", metavar="OUT.gpkg", help="also write the classes as polygons (class id, name, "

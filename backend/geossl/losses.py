@@ -120,16 +120,18 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     return (normalized_mse(p1, z2.detach()) + normalized_mse(p2, z1.detach())).mean()
 
 
-def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, unit_queue: bool = False) -> Tensor:
     """MoCo's InfoNCE: each query ``q`` (N, D) against its key ``k`` (N, D) and the queued negatives
     (K, D), cosine similarity over τ, cross-entropy with the key as class 0 (He et al. 2020, eq. 1).
 
     Keys and queue are treated as constants (the key encoder is a momentum copy); float32 throughout.
+    ``unit_queue``: the queue already holds unit vectors (MoCo queues normalised keys), so the
+    K × D normalisation, the loss's costliest part at K = 65,536 on a CPU, is skipped.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.detach().float(), dim=1)
-    negatives = F.normalize(queue.detach().float(), dim=1)
+    negatives = queue.detach().float() if unit_queue else F.normalize(queue.detach().float(), dim=1)
     logits = torch.cat(((q * k).sum(dim=1, keepdim=True), q @ negatives.T), dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

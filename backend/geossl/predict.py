@@ -14,6 +14,7 @@ process fails, the parts are removed and no output is written.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 import uuid
@@ -29,6 +30,7 @@ from .classes import ClassTable, write_qml
 from .distributed import Distributed, all_succeeded, joined
 from .errors import GeoSSLError
 from .models import autocast, build_model, pick_device, prepare
+from .onnx_engine import choose_engine, exported_graph, graph_path, onnx_predictor
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import (
     BandStats,
@@ -41,19 +43,20 @@ from .raster_io import (
     window_info,
 )
 from .schemas import PredictParams
-from .tiling import RowBuffer, predict_stripes, row_shares
+from .tiling import RowBuffer, computed_pixels, predict_stripes, row_shares, tile_plan
 from .vectorize import check_vector_output, vectorize
 
 
 def load_model(path: str, device: torch.device, forest_weight: float | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of a file, ready for inference; ``forest_weight`` overrides its forest's share."""
+    """The model of a file, ready for inference on tiles of any size; ``forest_weight`` overrides
+    its forest's share."""
     ckpt = load_checkpoint(path, "segmentation")
     forest = ckpt.get("forest")
     if forest and forest_weight is not None:
         forest = forest | {"weight": forest_weight}
     model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest)
     model.load_state_dict(ckpt["state_dict"])
-    return prepare(model, device).eval(), ckpt
+    return prepare(model, device, inference=True).eval(), ckpt
 
 
 def check_model_bands(ckpt: dict, info: RasterInfo, action: str) -> None:
@@ -88,9 +91,7 @@ def torch_predictor(model: torch.nn.Module, device: torch.device, amp: bool, tta
 
     @torch.inference_mode()
     def predict(tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(tiles).to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(tiles).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if not tta:
             return forward(x).cpu().numpy()
         total = None
@@ -132,8 +133,9 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         info = window_info(info, window)
     table = ClassTable.from_dict(ckpt["classes"])
     stats = BandStats.from_dict(ckpt["band_stats"])
-    tile = params.tile or int(ckpt.get("tile", 256))
-    overlap = params.overlap if params.overlap is not None else tile // 4
+    plan = tile_plan(int(ckpt.get("tile", 256)), info.height, info.width, device.type, params.tile, params.overlap,
+                     params.batch)
+    tile, overlap = plan.tile, plan.overlap
     if overlap >= tile:
         raise GeoSSLError(f"Overlap {overlap} must be smaller than the tile ({tile}).", "lower --overlap.")
     lut = np.array(table.values, np.uint8)
@@ -151,18 +153,33 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         if ctx.enabled:  # every process must name the same file
             conf_out = scratch = out.parent / f".{out.name}.confidence.partial.tif"
     class_band = {"dtype": "uint8", "nodata": nodata, "colormap": table.colormap(), "descriptions": ["class"],
-                  "tags": tags}
-    conf_band = {"dtype": "float32", "nodata": float("nan"), "descriptions": ["confidence"]}
-    predictor = torch_predictor(model, device, params.amp, params.tta)
+                  "tags": tags, "cog": params.cog, "overviews": "nearest"}
+    conf_band = {"dtype": "float32", "nodata": float("nan"), "descriptions": ["confidence"], "cog": params.cog,
+                 "overviews": "average"}
+    if scratch is not None:
+        conf_band["cog"] = False  # read once by the polygons, then removed
+    # every process of a distributed run must pick the same engine: the raster decides, not the cache
+    cached = not ctx.enabled and graph_path(params.model, tile, params.forest_weight).exists()
+    engine = choose_engine(params.engine, device, params.tta, computed_pixels(info.height, info.width, tile, overlap),
+                           cached)
+    if engine == "onnxruntime":
+        progress(clock.event("predict", 0, 0, message="Preparing ONNX Runtime (once per model and tile)…"))
+        predictor = onnx_predictor(exported_graph(params.model, model, ckpt, tile, params.forest_weight))
+        model = None  # ONNX Runtime holds its own copy of the weights: the torch one goes
+        gc.collect()
+    else:
+        predictor = torch_predictor(model, device, params.amp, params.tta)
 
     def classify(rows: tuple[int, int] | None, class_path: Path, conf_path: Path | None) -> None:
         """Rows ``rows`` (all: None) of the map into GeoTIFFs on that band of rows' grid."""
         r0, r1 = rows or (0, info.height)
         grid = window_info(info, Window(0, r0, info.width, r1 - r0))
+        part = {"cog": False} if rows else {}  # a process's share is joined into the COG afterwards
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open_raster(params.raster))
-            dst = stack.enter_context(geotiff_writer(class_path, grid, 1, **class_band))
-            conf_dst = stack.enter_context(geotiff_writer(conf_path, grid, 1, **conf_band)) if conf_path else None
+            dst = stack.enter_context(geotiff_writer(class_path, grid, 1, **class_band | part))
+            conf_dst = stack.enter_context(geotiff_writer(conf_path, grid, 1, **conf_band | part)) \
+                if conf_path else None
 
             def write(w: Window, classes: np.ndarray, conf: np.ndarray) -> None:
                 valid = classes >= 0
@@ -174,7 +191,7 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
                     conf_dst.write(conf[None], window=w)
 
             buffer = RowBuffer(write)
-            for block in predict_stripes(src, stats, predictor, tile, overlap, params.batch, on_tiles=on_tiles,
+            for block in predict_stripes(src, stats, predictor, tile, overlap, plan.batch, on_tiles=on_tiles,
                                          window=window, rows=rows):
                 buffer.add(block)
             buffer.flush()
@@ -203,7 +220,9 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         "class_pixels": dict(zip(table.names, counts.tolist(), strict=True)),
         "tile": tile,
         "overlap": overlap,
+        "batch": plan.batch,
         "device": str(device),
+        "engine": engine,
         "processes": ctx.world_size,
         "seconds": round(time.monotonic() - t0, 2),
     }

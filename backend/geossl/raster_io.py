@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import CRSError, RasterioIOError
@@ -354,8 +355,16 @@ def geotiff_writer(
     descriptions: Sequence[str] | None = None,
     tags: dict[str, str] | None = None,
     blocksize: int = 256,
+    cog: bool = False,
+    overviews: str = "nearest",
 ) -> Iterator[rasterio.io.DatasetWriter]:
-    """A tiled, deflate-compressed GeoTIFF on ``like``'s grid, written atomically."""
+    """A tiled, deflate-compressed GeoTIFF on ``like``'s grid, written atomically.
+
+    ``cog``: a Cloud Optimized GeoTIFF (overviews resampled by ``overviews``, "nearest" for
+    classes, "average" for continuous values), which QGIS and web viewers display at any zoom
+    without reading every pixel. GDAL's COG driver only copies, so the raster is written plainly
+    first, beside the output, then copied.
+    """
     profile = {
         "driver": "GTiff",
         "width": like.width,
@@ -372,15 +381,24 @@ def geotiff_writer(
     if like.width >= blocksize and like.height >= blocksize:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            if colormap:
-                dst.write_colormap(1, colormap)
-            for i, text in enumerate(descriptions or [], start=1):
-                dst.set_band_description(i, text)
-            if tags:
-                dst.update_tags(**tags)
-            yield dst
-        check_written(tmp, path)
+        plain = tmp.with_name(tmp.name + ".plain.tif") if cog else tmp
+        try:
+            with rasterio.open(plain, "w", **profile) as dst:
+                if colormap:
+                    dst.write_colormap(1, colormap)
+                for i, text in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, text)
+                if tags:
+                    dst.update_tags(**tags)
+                yield dst
+            check_written(plain, path)
+            if cog:
+                rasterio.shutil.copy(plain, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=profile["predictor"],
+                                     BLOCKSIZE=blocksize, OVERVIEW_RESAMPLING=overviews.upper(), BIGTIFF="IF_SAFER")
+                check_written(tmp, path)
+        finally:
+            if cog:
+                plain.unlink(missing_ok=True)
 
 
 def pixel_size_m(info: RasterInfo) -> float | None:

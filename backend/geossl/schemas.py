@@ -146,6 +146,19 @@ class _Extent(_Params):
         return v
 
 
+PREDICT_TILE = 768  # the largest default tile (memory grows with tile × stripe: ≈ +0.3 GB at 768 against 256)
+PREDICT_TILE_MIN = 512  # the smallest: the raster's best fit is chosen in between (tiling.tile_plan)
+PREDICT_OVERLAP = 16  # blends the model's border effect, a few pixels wide whatever the tile
+BATCH_PIXELS = {"cpu": 768 * 768, "cuda": 8 * 768 * 768}  # pixels per forward pass by default
+# Below this many computed pixels an ONNX export (≈ 8 s on 2 cores) costs more than ONNX Runtime
+# saves (≈ 0.24 s per Mpx there): break-even ≈ 34 Mpx.
+ORT_MIN_PIXELS = 40_000_000
+PREDICT_TILE_HELP = (f"the size from {PREDICT_TILE_MIN} to {PREDICT_TILE} that computes the fewest pixels over "
+                     "the raster, at least the training tile, at most the raster's shorter side")
+PREDICT_BATCH_HELP = (f"about {BATCH_PIXELS['cpu'] / 1e6:.1f} Mpx a pass, "
+                      f"{BATCH_PIXELS['cuda'] // BATCH_PIXELS['cpu']}× that on CUDA")
+
+
 class PredictParams(_Extent):
     """Tiled prediction of a whole raster."""
 
@@ -153,12 +166,20 @@ class PredictParams(_Extent):
     raster: str
     out: str = Field(description="Classified GeoTIFF to write")
     confidence: str | None = Field(None, description="Confidence GeoTIFF (max probability)")
-    tile: int | None = Field(None, ge=32, le=4096, description="Default: the model's training tile")
-    overlap: int | None = Field(None, ge=0, description="Default: a quarter of the tile")
-    batch: int = Field(8, ge=1, le=1024)
+    tile: int | None = Field(None, ge=32, le=4096, description=f"Default: {PREDICT_TILE_HELP}")
+    overlap: int | None = Field(None, ge=0, description=f"Default: {PREDICT_OVERLAP} px (a quarter of a tile "
+                                "under 64 px)")
+    batch: int | None = Field(None, ge=1, le=1024, description=f"Tiles per forward pass (default: "
+                              f"{PREDICT_BATCH_HELP})")
     device: Device = "auto"
     amp: bool = True
     tta: bool = Field(False, description="Average over the 8 flips/rotations of every tile (8× the compute)")
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description=f"auto: ONNX Runtime on the CPU for rasters of ≥ {ORT_MIN_PIXELS // 10**6} Mpx or a "
+        "model already exported at this tile (faster there; the graph exported once and cached), torch on CUDA "
+        "and for TTA")
+    cog: bool = Field(False, description="Write Cloud Optimized GeoTIFFs (with overviews: fast to display at any "
+                      "zoom, readable over HTTP)")
     forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the model's per-pixel forest "
                                         "in the map (default: the one chosen on validation polygons; 0: the "
                                         "network alone)")
@@ -172,6 +193,13 @@ class PredictParams(_Extent):
     @classmethod
     def _tile(cls, v: int | None) -> int | None:
         return None if v is None else _tile_ok(v)
+
+    @model_validator(mode="after")
+    def _engine(self) -> PredictParams:
+        if self.tta and self.engine == "onnxruntime":
+            raise ValueError("tta (the smoother map) runs on the torch engine only: drop tta, or choose engine "
+                             "auto or torch")
+        return self
 
     @field_validator("vector")
     @classmethod

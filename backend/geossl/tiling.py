@@ -20,8 +20,10 @@ import numpy as np
 from rasterio.windows import Window
 
 from .raster_io import BandStats, read_window
+from .schemas import BATCH_PIXELS, PREDICT_OVERLAP, PREDICT_TILE, PREDICT_TILE_MIN
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (B, C, t, t) float32 → (B, K, t, t) probabilities
+STRIPE = 4096  # columns of output held at once by predict_stripes (memory ∝ tile × stripe)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -58,7 +60,7 @@ def stripe_columns(width: int, tile: int, stride: int, stripe: int) -> list[list
             for s in range(math.ceil(width / stripe))]
 
 
-def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: int, stripe: int = 4096) -> list[int]:
+def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: int, stripe: int = STRIPE) -> list[int]:
     """Sizes of the model batches :func:`predict_stripes` will make over a raster without nodata,
     in order (for benchmarks that replay exactly the same forward passes in memory)."""
     stride = max(1, tile - overlap)
@@ -69,6 +71,49 @@ def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: in
         sizes += row * rows
     return sizes
 
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a raster is cut for prediction: tile side, overlap and tiles per forward pass."""
+
+    tile: int
+    overlap: int
+    batch: int
+
+
+def computed_pixels(height: int, width: int, tile: int, overlap: int, stripe: int = STRIPE) -> int:
+    """Pixels the model computes to predict a ``height`` × ``width`` raster: overlaps counted twice,
+    and the tiles that cross a stripe border, computed once for each stripe, too."""
+    stride = max(1, tile - overlap)
+    columns = sum(len(xs) for xs in stripe_columns(width, tile, stride, stripe))
+    return len(tile_starts(height, tile, stride)) * columns * tile * tile
+
+
+def tile_plan(train_tile: int, height: int, width: int, device: str = "cpu", tile: int | None = None,
+              overlap: int | None = None, batch: int | None = None) -> TilePlan:
+    """The tiles that predict a ``height`` × ``width`` raster fastest, for what is left unset.
+
+    A fully convolutional model predicts larger tiles than it was trained on, and larger tiles cost
+    less per pixel (fewer overlapping pixels computed twice, bigger convolutions). The default tile
+    is the one between :data:`PREDICT_TILE_MIN` and :data:`PREDICT_TILE` that computes the fewest
+    pixels over this raster (:func:`computed_pixels`: the last tile of a row is shifted inside the
+    raster, so a tile that divides it evenly wastes least); never smaller than the training tile,
+    never larger than the raster's shorter side (a thin raster is not padded to a square). The
+    overlap is a fixed few pixels (a quarter of a tile under 64 px); a batch holds about
+    :data:`BATCH_PIXELS` pixels.
+    """
+    if tile is None:
+        fit = -(-min(height, width) // 16) * 16
+        hi = max(train_tile, min(PREDICT_TILE, fit))
+        lo = max(train_tile, min(PREDICT_TILE_MIN, hi))
+        tile = min(range(hi, lo - 1, -16), key=lambda t: computed_pixels(
+            height, width, t, overlap if overlap is not None else min(PREDICT_OVERLAP, t // 4)))
+    if overlap is None:
+        overlap = min(PREDICT_OVERLAP, tile // 4)
+    if batch is None:
+        batch = max(1, BATCH_PIXELS.get(device, BATCH_PIXELS["cpu"]) // (tile * tile))
+    return TilePlan(tile, overlap, batch)
 
 
 def row_shares(height: int, parts: int, block: int = 256) -> list[tuple[int, int]]:
@@ -96,7 +141,7 @@ def predict_stripes(
     tile: int,
     overlap: int,
     batch_size: int,
-    stripe: int = 4096,
+    stripe: int = STRIPE,
     on_tiles: Callable[[int, int], None] | None = None,
     window: Window | None = None,
     probabilities: bool = False,

@@ -193,14 +193,18 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster to classify"))
-        tile = _integer("TILE", "Tile size (pixels; default: the model's)", None, 32, optional=True)
+        tile = _integer("TILE", "Tile size (pixels; default: the fastest, 768 on most rasters)", None, 32,
+                        optional=True)
         tile.setFlags(tile.flags() | tile.FlagAdvanced)
         self.addParameter(tile)
-        batch = _integer("BATCH", "Tiles per batch", 8, 1)
+        batch = _integer("BATCH", "Tiles per batch (default: sized to the tile)", None, 1, optional=True)
         batch.setFlags(batch.flags() | batch.FlagAdvanced)
         self.addParameter(batch)
         self.addParameter(QgsProcessingParameterBoolean("TTA", "Smoother map (8 flips/rotations, 8× slower)",
                                                         False))
+        cog = QgsProcessingParameterBoolean("COG", "Cloud Optimized GeoTIFF (overviews: fast at any zoom)", False)
+        cog.setFlags(cog.flags() | cog.FlagAdvanced)
+        self.addParameter(cog)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classified map"))
         self.addParameter(QgsProcessingParameterRasterDestination("CONFIDENCE", "Confidence", optional=True,
                                                                   createByDefault=False))
@@ -219,12 +223,13 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
             "model": self.parameterAsFile(parameters, "MODEL", context),
             "raster": _raster_file(self.parameterAsRasterLayer(parameters, "INPUT", context), "raster to classify"),
             "out": self.parameterAsOutputLayer(parameters, "OUTPUT", context),
-            "batch": self.parameterAsInt(parameters, "BATCH", context),
         }
-        if parameters.get("TILE") not in (None, ""):
-            params["tile"] = self.parameterAsInt(parameters, "TILE", context)
-        if parameters.get("TTA") not in (None, "") and self.parameterAsBool(parameters, "TTA", context):
-            params["tta"] = True  # unticked sends nothing: the backend's default
+        for name in ("TILE", "BATCH"):  # unset: the backend's plan for this raster
+            if parameters.get(name) not in (None, ""):
+                params[name.lower()] = self.parameterAsInt(parameters, name, context)
+        for name in ("TTA", "COG"):  # unticked sends nothing: the backend's default
+            if parameters.get(name) not in (None, "") and self.parameterAsBool(parameters, name, context):
+                params[name.lower()] = True
         confidence = self.parameterAsOutputLayer(parameters, "CONFIDENCE", context) \
             if parameters.get("CONFIDENCE") not in (None, "") else ""
         if confidence:

@@ -1,11 +1,19 @@
 """The benchmark tooling that is not itself a benchmark: README table splicing, how figures are
 compared against their goals."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.bench.bench_pretrain import pool, vs_baseline
 from tests.bench.tables import delta_line, goal_lines, paired
 from tests.bench.update_readme import splice
+from tests.data import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_splice_replaces_only_marked_tables_with_results(tmp_path):
@@ -41,3 +49,17 @@ def test_pretrain_ratio_is_robust_to_one_disturbed_round():
     assert disturbed["steps_timed"] == 9 and disturbed["round_medians"] == [1.2, 3.0, 1.2]
     assert vs_baseline(disturbed, base) == pytest.approx(1.2)
     assert disturbed["step_s_mean"] == pytest.approx(1.8)  # the pooled mean still shows the disturbance
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "dubai").is_dir() or not (SHARED_DATA / "sentinel2_brandenburg").is_dir(),
+                    reason="needs ../shared/data (dubai, sentinel2_brandenburg)")
+def test_the_gpu_run_goes_end_to_end_at_its_tiny_budget(tmp_path):
+    """`make bench BENCH=gpu`'s script, on the CPU at its tiny budget: every step runs and writes its table."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / "gpu_run.py"), "--tiny", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=1500)
+    report = json.loads((tmp_path / "gpu_run.json").read_text())
+    assert proc.returncode == 0, report
+    assert [s["returncode"] for s in report["steps"]] == [0, 0, 0] and report["glcnet_samples"] > 0
+    for table in ("pretrain.md", "predict.md", "pretrain_curve.md"):
+        assert (tmp_path / table).stat().st_size > 0, table
+    assert "glcnet" in (tmp_path / "pretrain_curve.md").read_text()

@@ -102,6 +102,8 @@ def test_info_nce_on_a_hand_computed_pair():
     # logits (cos / 0.5): positive 2, negatives 0 and −2.
     expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(-2)))
     assert info_nce(q, k, queue, 0.5).item() == pytest.approx(expected, abs=1e-6)
+    unit = torch.nn.functional.normalize(queue, dim=1)  # what MoCo queues: its keys are unit vectors
+    assert info_nce(q, k, unit, 0.5, unit_queue=True).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_random_erasing_blanks_one_rectangle_and_byol_views_have_no_colour_jitter():

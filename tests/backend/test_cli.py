@@ -36,8 +36,12 @@ def trained(tmp_path_factory):
 
 def test_finetune_predict_evaluate(trained, capsys):
     d = trained["dir"]
+    # At the training tile: this 16-step model has only seen 32-px windows of one class each, so it
+    # judges by the window, and a default (raster-wide) tile mixes both halves. The default tile plan
+    # is tested in test_tiling; its effect on real maps is the predict-tile sweep of the ablations.
     code, out, _ = geossl(capsys, "predict", "--model", trained["model"], "--raster", trained["raster"],
-                          "--out", d / "classes.tif", "--confidence", d / "conf.tif", "--json")
+                          "--out", d / "classes.tif", "--confidence", d / "conf.tif", "--tile", "32", "--overlap", "8",
+                          "--json")
     assert code == 0
     result = json.loads(out)
     with rasterio.open(trained["raster"]) as src, rasterio.open(d / "classes.tif") as cls, \
@@ -68,6 +72,28 @@ def test_finetune_predict_evaluate(trained, capsys):
     code, out, _ = geossl(capsys, "info", "--model", trained["model"], "--json")
     info = json.loads(out)
     assert code == 0 and info["classes"]["names"] == ["bright", "dark"] and info["encoder"] == "resnet18"
+
+
+def test_cog_output_holds_the_same_pixels_with_overviews(trained, capsys, tmp_path):
+    raster = two_class_raster(tmp_path / "wide.tif", h=300, w=700, seed=5)
+    common = ["predict", "--model", trained["model"], "--raster", raster, "--json"]
+    assert geossl(capsys, *common, "--out", tmp_path / "plain.tif", "--confidence", tmp_path / "plain_p.tif")[0] == 0
+    code, out, _ = geossl(capsys, *common, "--out", tmp_path / "cog.tif", "--confidence", tmp_path / "cog_p.tif",
+                          "--cog")
+    assert code == 0
+    for plain, cog in (("plain.tif", "cog.tif"), ("plain_p.tif", "cog_p.tif")):
+        with rasterio.open(tmp_path / plain) as a, rasterio.open(tmp_path / cog) as b:
+            assert b.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and "LAYOUT" not in a.tags(ns="IMAGE_STRUCTURE")
+            assert b.overviews(1) and not a.overviews(1)
+            assert (b.crs, b.transform, b.descriptions) == (a.crs, a.transform, a.descriptions)
+            assert b.nodata == a.nodata or np.isnan(a.nodata) and np.isnan(b.nodata)
+            assert np.array_equal(a.read(), b.read(), equal_nan=True)
+    with rasterio.open(tmp_path / "cog.tif") as b:
+        classes = set(np.unique(b.read(1)))
+        assert b.colormap(1)[2][:3] == (0x22, 0x22, 0x22) and json.loads(b.tags()["GEOSSL_CLASSES"])
+        # classes are never averaged: an overview holds class values only
+        assert set(np.unique(b.read(1, out_shape=(75, 175)))) <= classes
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
 
 
 def test_bad_inputs_give_clear_errors_and_no_output(trained, capsys, tmp_path):
@@ -215,7 +241,13 @@ def test_bad_budgets_and_recipes_are_refused(captured, capsys):
 
 
 def test_help_quotes_the_schemas_defaults(capsys):
-    from geossl.schemas import DEFAULT_FINETUNE_MINUTES, FinetuneParams, PredictParams
+    from geossl.schemas import (
+        DEFAULT_FINETUNE_MINUTES,
+        PREDICT_BATCH_HELP,
+        PREDICT_OVERLAP,
+        PREDICT_TILE_HELP,
+        FinetuneParams,
+    )
 
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
@@ -227,15 +259,17 @@ def test_help_quotes_the_schemas_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"tiles per forward pass (default: {PredictParams.model_fields['batch'].default})" in text
-    assert "--tta" in text and "default: off" in text
+    assert f"tiles per forward pass (default: {PREDICT_BATCH_HELP})" in text
+    assert f"(default: {PREDICT_TILE_HELP})" in text and f"(default: {PREDICT_OVERLAP})" in text
+    assert "--tta" in text and "default: off" in text and "--engine {auto,torch,onnxruntime}" in text
 
 
 def test_predict_passes_only_the_flags_given(captured, capsys):
     base = ["predict", "--model", "m.pt", "--raster", "r.tif", "--out", "c.tif"]
     assert geossl(capsys, *base)[0] == 0
     params = captured["params"]
-    assert params.model_fields_set == {"model", "raster", "out"} and params.tta is False and params.batch == 8
+    assert params.model_fields_set == {"model", "raster", "out"} and params.tta is False and params.batch is None
+    assert params.engine == "auto" and params.cog is False
     assert geossl(capsys, *base, "--tta", "--batch", "2", "--device", "cpu")[0] == 0
     params = captured["params"]
     assert params.model_fields_set == {"model", "raster", "out", "tta", "batch", "device"}

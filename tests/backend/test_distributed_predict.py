@@ -15,14 +15,13 @@ import rasterio
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from geossl.cli import main
 from geossl.distributed import Distributed
 from geossl.errors import GeoSSLError
 from geossl.predict import _part, _predict_share
 from geossl.raster_io import BandStats, open_raster, raster_info
 from geossl.tiling import predict_stripes, row_shares
 
-from tests.data import two_class_polygons, two_class_raster, write_raster
+from tests.data import two_class_model, two_class_raster, write_raster
 
 IDENTITY = BandStats(low=[-1e9] * 2, high=[1e9] * 2, mean=[0.0] * 2, std=[1.0] * 2)
 
@@ -66,22 +65,17 @@ def test_shares_of_rows_are_bit_identical_to_the_whole_map(tmp_path):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dist")
-    raster = two_class_raster(d / "scene.tif")
-    labels = two_class_polygons(d / "labels.gpkg")
-    assert main(["finetune", "--raster", str(raster), "--labels", str(labels), "--class-field", "class",
-                 "--out", str(d / "m.pt"), "--steps", "4", "--steps-per-epoch", "4", "--tile", "32",
-                 "--batch", "2", "--recipe", "forest=false"]) == 0
-    return d / "m.pt"
+    return two_class_model(tmp_path_factory.mktemp("dist"), "--recipe", "forest=false")
 
 
 def test_two_gloo_processes_write_the_single_process_map(model, tmp_path):
-    """torchrun, 2 CPU processes: the classes, confidence and polygons of one process, pixel for pixel."""
+    """torchrun, 2 CPU processes: the classes, confidence (Cloud Optimized GeoTIFFs, overviews too)
+    and polygons of one process, pixel for pixel."""
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this Python")
     tall = two_class_raster(tmp_path / "tall.tif", h=600, w=80, seed=3)  # two shares: rows 0–511, 512–599
-    args = ["predict", "--model", str(model), "--raster", str(tall), "--batch", "3"]
+    args = ["predict", "--model", str(model), "--raster", str(tall), "--batch", "3", "--cog"]
     one = tmp_path / "one"
     two = tmp_path / "two"
     for d in (one, two):
@@ -103,6 +97,8 @@ def test_two_gloo_processes_write_the_single_process_map(model, tmp_path):
         with rasterio.open(one / name) as a, rasterio.open(two / name) as b:
             assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
             assert np.array_equal(a.read(), b.read(), equal_nan=True), name
+            assert b.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and b.overviews(1) == a.overviews(1) != []
+            assert np.array_equal(a.read(out_shape=(1, 150, 20)), b.read(out_shape=(1, 150, 20)), equal_nan=True)
     with rasterio.open(two / "c.tif") as b:
         assert b.colormap(1) and json.loads(b.tags()["GEOSSL_CLASSES"])
     assert summary["class_pixels"] == json.loads(ref.stdout)["class_pixels"]  # counted over both shares

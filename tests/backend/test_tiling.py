@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import rasterio
 from geossl.raster_io import BandStats, open_raster
-from geossl.tiling import RowBuffer, batch_sizes, blend_window, predict_stripes, tile_starts
+from geossl.tiling import (
+    RowBuffer,
+    TilePlan,
+    batch_sizes,
+    blend_window,
+    computed_pixels,
+    predict_stripes,
+    tile_plan,
+    tile_starts,
+)
 
 from tests.data import write_raster
 
@@ -138,3 +147,39 @@ def test_tiles_without_valid_pixels_skip_the_model(tmp_path, stripe):
     np.testing.assert_array_equal(classes[valid], expected[valid])
     assert (classes[~valid] == -1).all() and np.isnan(conf[~valid]).all()
     assert sum(calls) < sum(batch_sizes(100, 90, 32, 8, 3, stripe=stripe))
+
+
+@pytest.mark.parametrize(("train_tile", "shape", "device", "expected"), [
+    (128, (8192, 8192), "cpu", TilePlan(528, 16, 2)),  # big raster: 1.13× its pixels (768 px tiles: 1.16×)
+    (128, (8192, 8192), "cuda", TilePlan(528, 16, 16)),
+    (128, (4096, 4096), "cpu", TilePlan(704, 16, 1)),
+    (128, (1024, 1024), "cpu", TilePlan(528, 16, 2)),  # two tiles a side fit; 768 would compute 2.25× the raster
+    (1024, (8192, 8192), "cpu", TilePlan(1024, 16, 1)),  # never smaller than the training tile
+    (128, (300, 5000), "cpu", TilePlan(304, 16, 6)),  # a thin raster is not padded to 768 rows
+    (128, (100, 5000), "cpu", TilePlan(128, 16, 36)),  # ... nor cut below the training tile
+    (32, (40, 40), "cpu", TilePlan(48, 12, 256)),  # small tiles: a quarter of the tile at most
+])
+def test_tile_plan_defaults(train_tile, shape, device, expected):
+    assert tile_plan(train_tile, *shape, device=device) == expected
+
+
+@pytest.mark.parametrize("size", [700, 1000, 2048, 3000, 4096, 8192, 10_000])
+def test_the_default_tile_computes_the_fewest_pixels_of_the_allowed_sizes(size):
+    plan, fit = tile_plan(128, size, size), -(-size // 16) * 16  # no more padding than to a multiple of 16
+    best = min(computed_pixels(size, size, t, 16) for t in range(512, min(768, fit) + 1, 16))
+    assert computed_pixels(size, size, plan.tile, plan.overlap) == best and plan.tile <= fit
+
+
+def test_computed_pixels_counts_each_tile_once():
+    assert computed_pixels(100, 100, 100, 10) == 100 * 100
+    assert computed_pixels(190, 100, 100, 10) == 2 * 100 * 100  # starts 0 and 90
+    assert computed_pixels(200, 100, 100, 10) == 3 * 100 * 100  # 0, 90, then 100 shifted inside
+    # 56 tiles a row, and the one across the border of the 4096-column stripes is computed in both
+    assert computed_pixels(100, 5000, 100, 10) == 57 * 100 * 100
+
+
+def test_tile_plan_keeps_what_the_user_set():
+    assert tile_plan(128, 8192, 8192, tile=256, overlap=64, batch=3) == TilePlan(256, 64, 3)
+    assert tile_plan(128, 8192, 8192, tile=256) == TilePlan(256, 16, 9)
+    assert tile_plan(128, 8192, 8192, overlap=0).overlap == 0
+    assert tile_plan(128, 8192, 8192, tile=768).batch == 1

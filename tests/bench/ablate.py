@@ -35,6 +35,10 @@ from tests.bench import baselines, devsets, dubai  # noqa: E402
 BASE = {"tile": 128, "batch": 8, "steps": 300, "steps_per_epoch": 50, "patience": 100}
 
 
+def predict(model: Path, raster: Path, out: Path, over: dict) -> None:
+    run_predict(PredictParams(model=str(model), raster=str(raster), out=str(out), **over))
+
+
 def run_s2(cfg: dict, seed: int, work: Path) -> dict:
     raster, train, score = devsets.s2_dev_split(work, seed)
     if cfg.get("row") == "rf":
@@ -47,13 +51,12 @@ def run_s2(cfg: dict, seed: int, work: Path) -> dict:
     else:
         model, secs, summary = finetune([raster], train, "fclass", work, seed, cfg)
         pred = work / f"pred_{seed}.tif"
-        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(pred),
-                                  **cfg.get("predict", {})))
+        predict(model, raster, pred, cfg.get("predict", {}))
     r = run_evaluate(EvaluateParams(prediction=str(pred), labels=str(score), class_field="fclass"))
     extra = {} if cfg.get("row") == "rf" else {"history": summary["history"], "best_epoch": summary["best_epoch"]}
     for name, over in cfg.get("variants", {}).items():  # other predictions of the same model: no retraining
         alt = work / f"pred_{seed}_{name}.tif"
-        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(alt), **over))
+        predict(model, raster, alt, over)
         extra[f"kappa_{name}"] = run_evaluate(EvaluateParams(prediction=str(alt), labels=str(score),
                                                              class_field="fclass"))["kappa"]
     return {"kappa": r["kappa"], "oa": r["overall_accuracy"], "miou": r["miou"], "seconds": round(secs, 1),
@@ -77,7 +80,7 @@ def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
         preds_paths = []
         for s in scenes:
             out = work / f"pred_{s.image.name}"
-            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), **cfg.get("predict", {})))
+            predict(model, s.image, out, cfg.get("predict", {}))
             preds_paths.append(out)
     preds = []
     for p in preds_paths:
@@ -89,7 +92,7 @@ def run_dubai(cfg: dict, seed: int, work: Path, scenes) -> dict:
         alt = []
         for s in scenes:
             out = work / f"pred_{name}_{s.image.name}"
-            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), **over))
+            predict(model, s.image, out, over)
             with rasterio.open(out) as src:
                 alt.append(src.read(1))
         extra[f"kappa_{name}"] = evaluate(scenes, used, alt)["kappa"]
@@ -105,6 +108,13 @@ def finetune(rasters, labels, field, work: Path, seed: int, cfg: dict):
                                               "class_field": field, "out": str(model), "seed": seed,
                                               **BASE, **over}))
     return model, time.perf_counter() - t, summary
+
+
+def _variant(name: str, runs: list[dict]) -> str:
+    """A variant's mean Kappa and its paired delta against the same models' own prediction."""
+    pairs = [(100 * r[f"kappa_{name}"], 100 * r["kappa"]) for r in runs if f"kappa_{name}" in r]
+    d = [a - b for a, b in pairs]
+    return f"{name} {np.mean([a for a, _ in pairs]):.1f} ({np.mean(d):+.1f} ± {np.std(d):.1f})"
 
 
 def summary(log: Path, out: Path) -> None:
@@ -130,8 +140,7 @@ def summary(log: Path, out: Path) -> None:
             secs = np.mean([r["seconds"] for r in by[n].values()])
             over = json.dumps(next(iter(by[n].values()))["overrides"])
             variants = sorted({key[6:] for r in by[n].values() for key in r if key.startswith("kappa_")})
-            alt = ", ".join(f"{v} {100 * np.mean([r[f'kappa_{v}'] for r in by[n].values() if f'kappa_{v}' in r]):.1f}"
-                            for v in variants) or "–"
+            alt = ", ".join(_variant(v, list(by[n].values())) for v in variants) or "–"
             lines.append(f"| {n} | `{over}` | {k.mean():.1f} ± {k.std():.1f} | "
                          f"{np.mean(d):+.1f} ± {np.std(d):.1f} ({', '.join(f'{x:+.1f}' for x in d)}) | "
                          f"{alt} | {secs:.0f} | {len(k)} |")

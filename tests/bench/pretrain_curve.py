@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.bench import dubai, gain_table, tables  # noqa: E402
 from tests.data import SHARED_DATA  # noqa: E402
 
-GEOSSL = str(Path(sys.executable).parent / "geossl")
+GEOSSL = [sys.executable, "-m", "geossl.cli"]  # no console script needed (the GPU machine has none)
 
 
 def pretrain(method: str, scenes, work: Path, args) -> dict:
@@ -45,7 +45,7 @@ def pretrain(method: str, scenes, work: Path, args) -> dict:
     done = work / f"{method}.summary.json"
     if done.exists():
         return json.loads(done.read_text())
-    cmd = [GEOSSL, "pretrain", "--method", method, "--out", str(out), "--minutes", str(args.minutes),
+    cmd = [*GEOSSL, "pretrain", "--method", method, "--out", str(out), "--minutes", str(args.minutes),
            "--lr-schedule", "constant", "--snapshot-minutes", *map(str, args.snapshots), "--tile",
            str(args.pretrain_tile), "--batch", str(args.pretrain_batch), "--seed", "0", "--json",
            "--workers", str(args.pretrain_workers), "--resume"]
@@ -121,14 +121,14 @@ def write_outputs(args, scenes, pre: dict, runs: dict) -> str:
         dataset["pretrained"][method] = points
     meta = tables.meta(seeds=args.seeds, minutes=args.minutes, snapshots=args.snapshots, finetune=ft,
                        pretrain={m: {k: v for k, v in i.items() if k != "points"} for m, i in pre.items()},
-                       hardware="cpu-2-cores", hardware_label="2-core CPU",
+                       hardware=args.hardware, hardware_label=args.hardware_label,
                        protocol=("One pretraining run per method (constant schedule, snapshots at each budget), "
-                                 "seed 0, alone on 2 CPU cores; each seed fine-tunes from random init and from "
+                                 f"seed 0, alone on the {args.hardware_label}; each seed fine-tunes from random init and from "
                                  "each snapshot with the default recipe on the same polygons (Dubai tiles 1–2, "
                                  "~1 % of pixels); gain = Kappa on the other labelled pixels, pretrained − random "
                                  "init, paired by seed (mean ± population std)."))
     caption = (f"{meta['date']}; {len(scenes)} Dubai images; fine-tune: {ft}; pretraining: "
-               f"{dataset['pretrain']}; minutes are wall time on {meta['cpu']} (2 cores).")
+               f"{dataset['pretrain']}; minutes are wall time on the {args.hardware_label} ({meta['cpu']}).")
     md = tables.markdown("Pretraining budget curve — Dubai aerial tiles", caption, rows, [("Kappa", "kappa")],
                          ["Gain over random init, paired by seed (GLCNet goal ≥ +5 at ≤ 60 min): "] + lines)
     curve = {"meta": meta, "datasets": {"dubai-rgb": dataset}}
@@ -159,6 +159,8 @@ def main() -> None:
                          "bench/results/fewlabel.json")
     ap.add_argument("--jobs", type=int, default=1, help="fine-tunes side by side")
     ap.add_argument("--no-gain-table", dest="gain_table", action="store_false")
+    ap.add_argument("--hardware", default="cpu-2-cores", help="the gain table's key for this machine")
+    ap.add_argument("--hardware-label", default="2-core CPU")
     args = ap.parse_args()
     if args.finetune is None:
         few = json.loads((args.out / "fewlabel.json").read_text())

@@ -17,7 +17,7 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from qgis.core import QgsSettings
+from qgis.core import QgsNetworkAccessManager, QgsSettings
 
 REPO = Path(__file__).resolve().parents[2]
 sys.dont_write_bytecode = True  # keep __pycache__ out of plugin/ (it would be packaged by a careless zip)
@@ -219,3 +219,23 @@ def plugin(iface: Any) -> Iterator[Any]:
     instance.initGui()
     yield instance
     instance.unload()
+
+
+@pytest.fixture
+def qgis_proxy() -> Iterator[dict[str, object]]:
+    """QGIS's proxy settings for one test, applied to QGIS's network manager as the Options dialog
+    does (nothing listens on port 9: any request it carries fails), then restored."""
+    settings = QgsSettings()
+    values: dict[str, object] = {"proxy/proxyEnabled": True, "proxy/proxyType": "HttpProxy",
+                                 "proxy/proxyHost": "127.0.0.1", "proxy/proxyPort": 9,
+                                 "proxy/proxyUser": "ana", "proxy/proxyPassword": "pw"}
+    before = {key: settings.value(key) for key in values if settings.contains(key)}
+    for key, value in values.items():
+        settings.setValue(key, value)
+    QgsNetworkAccessManager.instance().setupDefaultProxyAndCache()
+    yield values
+    for key in values:
+        settings.remove(key)
+    for key, value in before.items():
+        settings.setValue(key, value)
+    QgsNetworkAccessManager.instance().setupDefaultProxyAndCache()

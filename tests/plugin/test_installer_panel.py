@@ -28,23 +28,6 @@ def no_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def qgis_proxy() -> Iterator[dict[str, object]]:
-    """QGIS's proxy settings for one test, then restored (QGIS's network manager reads them too)."""
-    settings = QgsSettings()
-    values: dict[str, object] = {"proxy/proxyEnabled": True, "proxy/proxyType": "HttpProxy",
-                                 "proxy/proxyHost": "proxy.corp", "proxy/proxyPort": 3128,
-                                 "proxy/proxyUser": "ana", "proxy/proxyPassword": "pw"}
-    before = {key: settings.value(key) for key in values if settings.contains(key)}
-    for key, value in values.items():
-        settings.setValue(key, value)
-    yield values
-    for key in values:
-        settings.remove(key)
-    for key, value in before.items():
-        settings.setValue(key, value)
-
-
-@pytest.fixture
 def dock(iface: Any, qtbot: Any, no_backend: None) -> Iterator[GeoSSLDock]:
     widget = GeoSSLDock(iface.messageBar(), iface.mainWindow(), start_timeout_s=10)
     qtbot.addWidget(widget)
@@ -133,7 +116,6 @@ def test_qgis_proxy_and_the_certificate_reach_pip_but_qgis_variables_do_not(
 
     layout = make_fake_layout(tmp_path, fake_backend)
     section = dock.backend_section
-    section.remote_radio.setChecked(True)  # no start afterwards: the proxy would also catch 127.0.0.1
     section.setup_options = {**setup_options(layout), "plugin_dir": layout["plugin"]}
     dialog = section.open_setup()
     dialog.folder_widget.setFilePath(str(layout["root"]))
@@ -142,11 +124,12 @@ def test_qgis_proxy_and_the_certificate_reach_pip_but_qgis_variables_do_not(
     dialog.cert_widget.setFilePath(str(cert))
     monkeypatch.setenv("QGIS_PREFIX_PATH", "/usr")
     monkeypatch.setenv("PYTHONPATH", "/usr/share/qgis/python")
-    with qtbot.waitSignal(dialog.installed, timeout=WAIT_MS):
+    # Then the panel starts the new backend and connects to it on 127.0.0.1: direct, not through the proxy.
+    with qtbot.waitSignals([dialog.installed, section.connected], timeout=WAIT_MS):
         dialog.install_button.click()
     seen = json.loads(Path(str(layout["calls"]) + ".env").read_text())
-    assert seen == {"PIP_CERT": str(cert), "HTTPS_PROXY": "http://ana:pw@proxy.corp:3128",
-                    "http_proxy": "http://ana:pw@proxy.corp:3128", "PYTHONNOUSERSITE": "1", "PYTHONPATH": None,
+    assert seen == {"PIP_CERT": str(cert), "HTTPS_PROXY": "http://ana:pw@127.0.0.1:9",
+                    "http_proxy": "http://ana:pw@127.0.0.1:9", "PYTHONNOUSERSITE": "1", "PYTHONPATH": None,
                     "QGIS_PREFIX_PATH": None}
     assert "pw@" not in (layout["root"] / "setup.log").read_text()
     assert QgsSettings().value("geossl/setup_cert") == str(cert)

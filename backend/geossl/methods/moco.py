@@ -120,7 +120,7 @@ class MoCo(PretrainMethod):
         q = self.head(self.model.encoder(v_q)[-1].mean(dim=(2, 3)))
         with torch.no_grad():
             k = F.normalize(self.key_head(self.key_encoder(v_k)[-1].mean(dim=(2, 3))).float(), dim=1)
-        loss = info_nce(q, k, self.queue.clone(), self.options["temperature"])
+        loss = info_nce(q, k, self.queue.clone(), self.options["temperature"], unit_queue=True)
         keys = gather_keys(k)
         self.enqueue(keys)
         return loss, logs_to_floats(loss=loss, keys_queued=torch.tensor(float(keys.shape[0]), device=loss.device),
