@@ -119,7 +119,7 @@ bench: backend
 endif
 
 # The GPU benchmarks as one run for a lent device machine (no package index there: its own Python,
-# the wheels and data that `../shared/tools/device-kit dubai sentinel2_brandenburg` put in .device/).
+# the wheels and data put in .device/ by: DEVICE_KIT_EXTRA="pyogrio shapely pyproj pydantic pydantic-core annotated-types typing-inspection tqdm" ../shared/tools/device-kit dubai sentinel2_brandenburg).
 GPU_PY ?= python3
 GPU_DATA ?= $(if $(wildcard .device/data),.device/data,../shared/data)
 bench-gpu:

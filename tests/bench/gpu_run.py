@@ -11,8 +11,7 @@ runs from this one command, each step under its own time limit, and every table 
    the gain table for the GPU is written too, so the panel can quote it.
 
 ``--tiny`` runs the same steps at a budget a 2-core CPU finishes in minutes (the suite checks the
-script that way). On the device (``../shared/tools/device-kit dubai sentinel2_brandenburg`` first,
-carry ``.device``)::
+script that way). On the device (first, here: ``DEVICE_KIT_EXTRA="pyogrio shapely pyproj pydantic pydantic-core annotated-types typing-inspection tqdm" ../shared/tools/device-kit dubai sentinel2_brandenburg``; then carry ``.device``)::
 
     pip install -q --no-index --no-deps .device/wheels/*.whl && export PYTHONPATH=$PWD/backend && \\
         python tests/bench/gpu_run.py --data .device/data
