@@ -42,10 +42,13 @@ DEEPNESS_KEYS = ("model_type", "class_names", "resolution", "tile_size", "tiles_
 
 
 class DeepnessModel(nn.Module):
-    """GeoSSL's clip + model + softmax, for an input already standardised as Deepness does."""
+    """GeoSSL's clip + model + softmax, for an input already standardised as Deepness does; made
+    for graph export, so a per-pixel forest inside walks its trees in one pass (any batch size)."""
 
     def __init__(self, model: nn.Module, stats: BandStats) -> None:
         super().__init__()
+        if getattr(model, "forest", None) is not None:
+            model.forest.single_pass = True
         self.model = model
         low, high = clamp_bounds(stats)
         self.register_buffer("low", torch.tensor(low).view(1, -1, 1, 1))
@@ -143,8 +146,6 @@ def run_export(params: ExportParams, progress: ProgressCallback = null_progress)
     stats = BandStats.from_dict(ckpt["band_stats"])
     model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), ckpt.get("forest"))
     model.load_state_dict(ckpt["state_dict"])
-    if model.forest is not None:
-        model.forest.single_pass = True  # the exported graph takes any batch size
     module = DeepnessModel(model, stats).eval()
     clock = Clock()
     progress(clock.event("export", 0, 2, message=f"Exporting {Path(params.model).name} to ONNX ({tile}×{tile} tiles)…"))

@@ -10,9 +10,10 @@ already cached. Torch stays the engine on CUDA and for TTA.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,14 +34,21 @@ def cache_dir() -> Path:
     return Path(base or Path.home() / ".cache") / "geossl" / "onnx"
 
 
-def graph_path(model: str, tile: int, forest_weight: float | None) -> Path:
-    """The cached graph of this model file's *content* (a retrained file under the same name differs)."""
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's content, read once per version of the file in this process."""
     digest = hashlib.sha256()
-    with open(model, "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def graph_path(model: str, tile: int, forest_weight: float | None) -> Path:
+    """The cached graph of this model file's *content* (a retrained file under the same name differs)."""
+    stat = os.stat(model)
     share = "model" if forest_weight is None else f"{forest_weight:g}"
-    return cache_dir() / f"{digest.hexdigest()[:20]}-tile{tile}-forest{share}-opset{OPSET}.onnx"
+    return cache_dir() / f"{_digest(model, stat.st_size, stat.st_mtime_ns)[:20]}-tile{tile}-forest{share}-opset{OPSET}.onnx"
 
 
 def have_onnxruntime() -> bool:
@@ -51,41 +59,35 @@ def have_onnxruntime() -> bool:
     return True
 
 
-def choose_engine(requested: Engine, device: torch.device, tta: bool, pixels: int, cached: bool) -> str:
-    """The engine a prediction runs on: ``requested``, or for ``auto`` the faster one here."""
+def choose_engine(requested: Engine, device: torch.device, tta: bool, pixels: int,
+                  cached: Callable[[], bool]) -> str:
+    """The engine a prediction runs on: ``requested``, or for ``auto`` the faster one here.
+    ``cached`` (is the graph already exported?) is only asked when the answer matters."""
     if requested != "auto":
         return requested
     if device.type != "cpu" or tta or not have_onnxruntime():
         return "torch"
-    return "onnxruntime" if cached or pixels >= ORT_MIN_PIXELS else "torch"
+    return "onnxruntime" if pixels >= ORT_MIN_PIXELS or cached() else "torch"
 
 
 def exported_graph(model_path: str, model: torch.nn.Module, ckpt: dict, tile: int,
                    forest_weight: float | None) -> Path:
     """The ONNX graph of ``model`` (as :func:`geossl.predict.load_model` built it) for ``tile``² tiles,
     from the cache or exported now (atomically: two processes exporting at once both succeed)."""
+    import onnx
+
     from .export import DeepnessModel, _export_graph
-    from .raster_io import BandStats
+    from .raster_io import BandStats, atomic_path
 
     path = graph_path(model_path, tile, forest_weight)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = model.to("cpu", memory_format=torch.contiguous_format)
-    if getattr(cpu, "forest", None) is not None:
-        cpu.forest.single_pass = True  # the graph takes any batch size
     module = DeepnessModel(cpu, BandStats.from_dict(ckpt["band_stats"])).eval()
-    example = torch.zeros(2, int(ckpt["in_channels"]), tile, tile)
-    proto = _export_graph(module, example, OPSET)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        import onnx
-
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    proto = _export_graph(module, torch.zeros(2, int(ckpt["in_channels"]), tile, tile), OPSET)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     return path
 
 

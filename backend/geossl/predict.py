@@ -159,9 +159,8 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
     if scratch is not None:
         conf_band["cog"] = False  # read once by the polygons, then removed
     # every process of a distributed run must pick the same engine: the raster decides, not the cache
-    cached = not ctx.enabled and graph_path(params.model, tile, params.forest_weight).exists()
     engine = choose_engine(params.engine, device, params.tta, computed_pixels(info.height, info.width, tile, overlap),
-                           cached)
+                           lambda: not ctx.enabled and graph_path(params.model, tile, params.forest_weight).exists())
     if engine == "onnxruntime":
         progress(clock.event("predict", 0, 0, message="Preparing ONNX Runtime (once per model and tile)…"))
         predictor = onnx_predictor(exported_graph(params.model, model, ckpt, tile, params.forest_weight))

@@ -193,7 +193,7 @@ class SegmentAlgorithm(GeoSSLAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model", extension="pt"))
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster to classify"))
-        tile = _integer("TILE", "Tile size (pixels; default: the fastest, 768 on most rasters)", None, 32,
+        tile = _integer("TILE", "Tile size (pixels; default: the raster's best fit, 512–768)", None, 32,
                         optional=True)
         tile.setFlags(tile.flags() | tile.FlagAdvanced)
         self.addParameter(tile)

@@ -25,7 +25,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ("onnxruntime", CPU, False, 10, False, "onnxruntime"),
 ])
 def test_engine_choice(requested, device, tta, pixels, cached, expected):
-    assert choose_engine(requested, device, tta, pixels, cached) == expected
+    assert choose_engine(requested, device, tta, pixels, lambda: cached) == expected
 
 
 def test_the_cache_follows_the_model_file_s_content(tmp_path, monkeypatch):

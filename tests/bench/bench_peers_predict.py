@@ -117,10 +117,11 @@ def torchgeo_like(model_path: Path, raster: Path, out: Path, tile: int, overlap:
     west, north = info.transform[2], info.transform[5]
     result = np.zeros((info.height, info.width), np.uint8)
     half = overlap // 2
+    lut = class_values(model_path)
     with torch.inference_mode():
         for sample in loader:
             x = (sample["image"].float().clamp(low, high) - mean) / std
-            classes = class_values(model_path)[model(x).argmax(1).numpy()]
+            classes = lut[model(x).argmax(1).numpy()]
             for c, box in zip(classes, sample["bounds"], strict=True):
                 x0 = round((_min_x(box) - west) / res)
                 y0 = round((north - _max_y(box)) / res)
