@@ -140,7 +140,7 @@ def physical_limit(d: Path, bands: int, size: int, tiles: list[int], engines: li
     raster = write_big_raster(d / f"limit{size}.tif", size, bands)
     planned = tile_plan(128, size, size, pick_device().type)
     auto = choose_engine("auto", pick_device(), False, computed_pixels(size, size, planned.tile, planned.overlap),
-                         cached=False)  # what a first run here gets
+                         lambda: False)  # what a first run here gets: nothing cached yet
 
     def e2e(**over) -> tuple[float, dict]:
         t = time.perf_counter()
