@@ -8,6 +8,7 @@ A finished run marks its venv ready (``READY_MARKER``) so discovery finds it aga
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ from .locations import (
 from .lock import InstallLock, LockBusy
 from .plan import Plan, build_plan, free_space_problem
 from .runner import Capture, StepRunner
-from .torch_choice import AUTO, NVIDIA_SMI_QUERY, TorchChoice, choose_torch, detect_gpus
+from .torch_choice import AUTO, NVIDIA_SMI_QUERY, PYTORCH_SOURCE, TorchChoice, choose_torch, detect_gpus
 
 
 def nvidia_smi_path(os_name: str, which: Callable[[str], str | None] = shutil.which) -> str | None:
@@ -60,7 +61,7 @@ class BackendSetup(QObject):
     cancelled = pyqtSignal()
 
     def __init__(self, plugin_dir: Path, root: Path, override: str = AUTO, proxy: str = "", fresh: bool = False,
-                 cert: str = "",
+                 cert: str = "", source: str = PYTORCH_SOURCE,
                  *, os_name: str | None = None, machine: str | None = None, executable: str = sys.executable,
                  prefix: str = sys.prefix, which: Callable[[str], str | None] = shutil.which,
                  candidates: Sequence[Path] | None = None, retry_delay_ms: int = 5000,
@@ -71,6 +72,7 @@ class BackendSetup(QObject):
         self.root = Path(root)
         self.log_path = self.root / logfile.LOG_NAME
         self._override = override
+        self._source = source
         self._fresh = fresh
         self._os = os_name or current_os()
         self._machine = machine or platform.machine()
@@ -137,7 +139,7 @@ class BackendSetup(QObject):
     def _choose(self, query: str, table: str = "") -> None:
         self.nvidia_smi = (query.strip() + "\n" + table.strip()).strip()
         logfile.append(self.log_path, f"nvidia-smi:\n{self.nvidia_smi or '(none)'}\n")
-        self.choice = choose_torch(self._os, self._machine, detect_gpus(query, table), self._override)
+        self.choice = choose_torch(self._os, self._machine, detect_gpus(query, table), self._override, self._source)
         logfile.append(self.log_path, f"torch build: {self.choice.label} — {self.choice.reason}\n")
         if not self.choice.supported:
             self._fail(Problem("platform", self.choice.reason, "Use a backend on another computer (Remote server)."))
@@ -198,7 +200,7 @@ class BackendSetup(QObject):
         self._runner.step_started.connect(self.step_started)
         self._runner.output.connect(self.output)
         self._runner.succeeded.connect(self._on_succeeded)
-        self._runner.failed.connect(lambda problem, _label: self._fail(problem))
+        self._runner.failed.connect(self._on_step_failed)
         self._runner.cancelled.connect(self._on_cancelled)
         self._runner.start()
 
@@ -220,6 +222,16 @@ class BackendSetup(QObject):
         except OSError as exc:
             logfile.append(self.log_path, f"[could not write {READY_MARKER}: {exc}]\n")
         self.succeeded.emit(str(self.plan.geossl))
+
+    def _on_step_failed(self, problem: Problem, label: str) -> None:
+        """A network failure while fetching torch from download.pytorch.org: offer PyPI, which many
+        company networks allow (or mirror) where they block PyTorch's own index."""
+        torch_step = self.plan is not None and any(s.key == "torch" and s.label == label for s in self.plan.steps)
+        if problem.code == "network" and torch_step and self.choice is not None and self.choice.index_url:
+            problem = dataclasses.replace(problem, action=problem.action + " If your network blocks "
+                                          "download.pytorch.org, set 'torch from' to PyPI (or your pip's index) "
+                                          "and Retry.")
+        self._fail(problem)
 
     def _fail(self, problem: Problem) -> None:
         logfile.append(self.log_path, f"FAILED: {problem.message} {problem.action}\n")

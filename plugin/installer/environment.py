@@ -81,3 +81,17 @@ def proxy_url(settings: Mapping[str, object]) -> str:
     password = str(settings.get("proxy/proxyPassword", "") or "")
     auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
     return f"http://{auth}{host}" + (f":{port}" if port and port != "0" else "")
+
+
+def proxy_note(settings: Mapping[str, object]) -> str:
+    """A sentence for the set-up dialog when QGIS's proxy cannot reach pip (SOCKS), else ""."""
+    enabled = str(settings.get("proxy/proxyEnabled", "false")).lower() in ("true", "1")
+    kind = str(settings.get("proxy/proxyType", ""))
+    if not enabled or kind != "Socks5Proxy":
+        return ""
+    where = str(settings.get("proxy/proxyHost", "") or "").strip()
+    port = str(settings.get("proxy/proxyPort", "") or "").strip()
+    where += f":{port}" if where and port and port != "0" else ""
+    return (f"QGIS uses a SOCKS5 proxy{' (' + where + ')' if where else ''}, which pip cannot use: pip will "
+            "connect directly, or through HTTPS_PROXY if that is set. If downloads fail, ask for an HTTP proxy "
+            "and set it in QGIS Settings → Options → Network.")

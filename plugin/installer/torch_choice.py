@@ -19,6 +19,13 @@ CPU_INDEX = f"{PYTORCH_INDEX}/cpu"
 
 AUTO, CPU, CUDA = "auto", "cpu", "cuda"
 OVERRIDES = (AUTO, CPU, CUDA)
+# Where the torch wheels come from: PyTorch's own index (the smallest build for the device) or the
+# index pip is configured with (PyPI, or a company mirror of it: networks that block
+# download.pytorch.org usually allow that one).
+PYTORCH_SOURCE, PYPI_SOURCE = "pytorch", "pypi"
+SOURCES = (PYTORCH_SOURCE, PYPI_SOURCE)
+# PyPI's torch for Linux x86-64 is the CUDA build (torch + the nvidia-* wheels); it runs on CPUs too.
+PYPI_LINUX_DOWNLOAD_MB = 3600
 
 NVIDIA_SMI_QUERY = ("--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader")
 
@@ -88,10 +95,11 @@ class TorchChoice:
     supported: bool = True  # False: no torch build exists for this machine at all
     labelled: bool = True  # the index's wheels carry "+<tag>" (x86-64 CPU and CUDA builds do, ARM CPU ones not)
     gpus: tuple[Gpu, ...] = field(default=(), compare=False)
+    disk_gb: float | None = None  # None: what the device's build needs (FREE_DISK_GB)
 
     @property
     def free_disk_gb(self) -> float:
-        return FREE_DISK_GB[self.device]
+        return self.disk_gb if self.disk_gb is not None else FREE_DISK_GB[self.device]
 
     @property
     def label(self) -> str:
@@ -165,16 +173,47 @@ def _cuda(build: CudaBuild, os_name: str, reason: str, gpus: tuple[Gpu, ...]) ->
 
 
 def choose_torch(os_name: str, machine: str, gpus: list[Gpu] | tuple[Gpu, ...] = (),
-                 override: str = AUTO) -> TorchChoice:
+                 override: str = AUTO, source: str = PYTORCH_SOURCE) -> TorchChoice:
     """The build for ``os_name`` ("linux" | "windows" | "darwin") and ``machine`` (platform.machine()).
 
     ``gpus`` comes from :func:`detect_gpus`; the first GPU decides (torch's default device is
     ``cuda:0``). ``override`` is the user's choice: "auto", "cpu" or "cuda" (CUDA even where the
-    detection says no; the probe then has the last word).
+    detection says no; the probe then has the last word). ``source``: see :data:`SOURCES`.
     """
     if override not in OVERRIDES:
         raise ValueError(f"override must be one of {OVERRIDES}, not {override!r}")
-    gpus = tuple(gpus)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    choice = _choose(os_name, machine, tuple(gpus), override)
+    return from_pypi(choice, os_name, machine) if source == PYPI_SOURCE else choice
+
+
+def from_pypi(choice: TorchChoice, os_name: str, machine: str) -> TorchChoice:
+    """``choice`` as the default index (PyPI or its mirror) offers it.
+
+    PyPI has one torch per platform: on Linux x86-64 the CUDA build (gigabytes, but it runs on a
+    CPU too), on Windows a CPU-only build (CUDA there comes only from download.pytorch.org), on ARM
+    Linux and Macs the same build as PyTorch's index. Wheels on PyPI carry no "+tag" label.
+    """
+    if not choice.supported or choice.index_url is None:
+        return choice
+    note = " From PyPI (or your pip's index) instead of download.pytorch.org"
+    if os_name == "windows":
+        if choice.device == CUDA:
+            return replace(choice, device=CPU, tag="pypi", index_url=None, labelled=False,
+                           download_mb=CPU_DOWNLOAD_MB["windows"],
+                           reason=choice.reason + note + ": PyPI's torch for Windows is CPU-only; for CUDA, "
+                           "choose download.pytorch.org.")
+        return replace(choice, tag="pypi", index_url=None, labelled=False, reason=choice.reason + note + ".")
+    if machine.lower() in ("x86_64", "amd64"):
+        return replace(choice, tag="pypi", index_url=None, labelled=False, download_mb=PYPI_LINUX_DOWNLOAD_MB,
+                       disk_gb=FREE_DISK_GB[CUDA],
+                       reason=choice.reason + note + ": its Linux build carries CUDA (about 3.6 GB) and runs on "
+                       "a CPU too.")
+    return replace(choice, tag="pypi", index_url=None, labelled=False, reason=choice.reason + note + ".")
+
+
+def _choose(os_name: str, machine: str, gpus: tuple[Gpu, ...], override: str) -> TorchChoice:
     arch = machine.lower()
     if os_name == "darwin":
         if arch not in ("arm64", "aarch64"):

@@ -32,14 +32,15 @@ from ..backend import save_backend_path
 from ..installer import logfile
 from ..installer.backend_setup import BackendSetup
 from ..installer.diagnostics import Facts, report, venv_packages
-from ..installer.environment import proxy_url
+from ..installer.environment import proxy_note, proxy_url
 from ..installer.errors import Problem
 from ..installer.locations import VENV_ROOT_KEY, venv_root
 from ..installer.plan import Plan
-from ..installer.torch_choice import AUTO, CPU, CUDA
+from ..installer.torch_choice import AUTO, CPU, CUDA, PYPI_SOURCE, PYTORCH_SOURCE
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 TORCH_KEY = "geossl/setup_torch"
+SOURCE_KEY = "geossl/setup_source"
 CERT_KEY = "geossl/setup_cert"
 _LOG_LINES = 400
 
@@ -48,11 +49,17 @@ def saved_root() -> Path:
     return Path(venv_root(str(QgsSettings().value(VENV_ROOT_KEY, "", type=str) or "")))
 
 
-def qgis_proxy() -> str:
+_PROXY_KEYS = ("proxy/proxyEnabled", "proxy/proxyType", "proxy/proxyHost", "proxy/proxyPort", "proxy/proxyUser",
+               "proxy/proxyPassword")
+
+
+def qgis_proxy_settings() -> dict[str, object]:
     settings = QgsSettings()
-    keys = ("proxy/proxyEnabled", "proxy/proxyType", "proxy/proxyHost", "proxy/proxyPort", "proxy/proxyUser",
-            "proxy/proxyPassword")
-    return proxy_url({key: settings.value(key, "") for key in keys})
+    return {key: settings.value(key, "") for key in _PROXY_KEYS}
+
+
+def qgis_proxy() -> str:
+    return proxy_url(qgis_proxy_settings())
 
 
 class SetupDialog(QDialog):
@@ -80,6 +87,16 @@ class SetupDialog(QDialog):
             self.torch_combo.addItem(label, value)
         saved = str(QgsSettings().value(TORCH_KEY, AUTO, type=str) or AUTO)
         self.torch_combo.setCurrentIndex(max(0, self.torch_combo.findData(saved)))
+        self.source_combo = QComboBox(self)
+        self.source_combo.setObjectName("geosslSetupSource")
+        for label, value in (("download.pytorch.org (smallest download)", PYTORCH_SOURCE),
+                             ("PyPI, or your pip's configured index", PYPI_SOURCE)):
+            self.source_combo.addItem(label, value)
+        self.source_combo.setToolTip("Where torch is downloaded from. Choose PyPI when your network blocks "
+                                     "download.pytorch.org or has a company mirror of PyPI; on Linux PyPI's torch "
+                                     "is the CUDA build (about 3.6 GB), on Windows a CPU-only one.")
+        saved = str(QgsSettings().value(SOURCE_KEY, PYTORCH_SOURCE, type=str) or PYTORCH_SOURCE)
+        self.source_combo.setCurrentIndex(max(0, self.source_combo.findData(saved)))
         self.fresh_box = QCheckBox("Reinstall from scratch (empties the environment first)", self)
         self.cert_widget = QgsFileWidget(self)
         self.cert_widget.setObjectName("geosslSetupCert")
@@ -88,7 +105,9 @@ class SetupDialog(QDialog):
         self.cert_widget.setFilePath(str(QgsSettings().value(CERT_KEY, "", type=str) or ""))
         self.cert_widget.setToolTip("Only behind a company proxy that inspects HTTPS (SSL errors): its root "
                                     "certificate as a PEM file, given to pip")
-        self.summary_label = QLabel("Press Install: nothing is downloaded before that.", self)
+        note = proxy_note(qgis_proxy_settings())
+        self.summary_label = QLabel("Press Install: nothing is downloaded before that." + (f"\n{note}" if note else ""),
+                                    self)
         self.summary_label.setObjectName("geosslSetupSummary")
         self.summary_label.setWordWrap(True)
         self.step_label = QLabel("", self)
@@ -117,6 +136,7 @@ class SetupDialog(QDialog):
         form = QFormLayout()
         form.addRow("Install folder", self.folder_widget)
         form.addRow("torch", self.torch_combo)
+        form.addRow("torch from", self.source_combo)
         form.addRow("Certificate", self.cert_widget)
         form.addRow(self.fresh_box)
         buttons = QHBoxLayout()
@@ -147,13 +167,15 @@ class SetupDialog(QDialog):
         settings = QgsSettings()
         settings.setValue(VENV_ROOT_KEY, str(root))
         settings.setValue(TORCH_KEY, self.torch_combo.currentData())
+        settings.setValue(SOURCE_KEY, self.source_combo.currentData())
         cert = self.cert_widget.filePath().strip()
         settings.setValue(CERT_KEY, cert)
         self._problem = None
         self._output = ""
         self.log_view.clear()
         self._setup = BackendSetup(self._plugin_dir, root, override=self.torch_combo.currentData(),
-                                   proxy=qgis_proxy(), fresh=self.fresh_box.isChecked(), cert=cert, parent=self,
+                                   proxy=qgis_proxy(), fresh=self.fresh_box.isChecked(), cert=cert,
+                                   source=self.source_combo.currentData(), parent=self,
                                    **self._setup_options)  # type: ignore[arg-type]
         self._setup.status.connect(self.step_label.setText)
         self._setup.planned.connect(self._on_planned)
@@ -232,7 +254,7 @@ class SetupDialog(QDialog):
     def _set_running(self, running: bool) -> None:
         self.install_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        for widget in (self.folder_widget, self.torch_combo, self.fresh_box, self.cert_widget):
+        for widget in (self.folder_widget, self.torch_combo, self.source_combo, self.fresh_box, self.cert_widget):
             widget.setEnabled(not running)
 
     def reject(self) -> None:

@@ -37,6 +37,9 @@ elif args[:2] == ["-m", "pip"]:
     with open({calls!r} + ".env", "w") as f:  # what pip would see
         json.dump({{k: os.environ.get(k) for k in ("PIP_CERT", "HTTPS_PROXY", "http_proxy", "PYTHONNOUSERSITE",
                                                   "PYTHONPATH", "QGIS_PREFIX_PATH")}}, f)
+    if os.path.exists({calls!r} + ".no-pytorch-index") and "--index-url" in args:  # a firewall in the way
+        sys.exit("Could not fetch URL https://download.pytorch.org/whl/cpu/torch/: Failed to establish a new "
+                 "connection: [Errno -2] Name or service not known")
     if os.path.exists({calls!r} + ".slow"):  # a test wants to cancel a download in progress
         open({calls!r} + ".pid", "w").write(str(os.getpid()))
         import time; time.sleep(60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from geossl_plugin.installer.torch_choice import (
     CPU_INDEX,
@@ -146,3 +148,26 @@ def test_pins_match_the_backend() -> None:
     pyproject = (REPO / "backend" / "pyproject.toml").read_text()
     for requirement in torch_requirements():
         assert f'"{requirement}"' in pyproject
+
+
+def test_torch_from_pypi_takes_the_default_index_for_what_each_platform_offers_there() -> None:
+    """Networks that block download.pytorch.org but allow (or mirror) PyPI: no --index-url, plain pins."""
+    from geossl_plugin.installer.plan import build_plan
+    from geossl_plugin.installer.torch_choice import FREE_DISK_GB, PYPI_LINUX_DOWNLOAD_MB
+
+    linux_cpu = choose_torch("linux", "x86_64", [], source="pypi")
+    assert (linux_cpu.device, linux_cpu.index_url, linux_cpu.pip_index_args()) == ("cpu", None, [])
+    assert torch_requirements(linux_cpu) == ["torch==2.14.1", "torchvision==0.29.1"]
+    assert linux_cpu.download_mb == PYPI_LINUX_DOWNLOAD_MB and linux_cpu.free_disk_gb == FREE_DISK_GB["cuda"]
+    assert "PyPI" in linux_cpu.reason and "CUDA" in linux_cpu.reason, "the user learns why it is gigabytes"
+    linux_gpu = choose_torch("linux", "x86_64", detect_gpus(H200_LINUX), source="pypi")
+    assert linux_gpu.device == "cuda" and linux_gpu.index_url is None
+    windows_gpu = choose_torch("windows", "AMD64", detect_gpus(RTX5090_WINDOWS), source="pypi")
+    assert windows_gpu.device == "cpu" and "CPU-only" in windows_gpu.reason, "PyPI has no CUDA torch for Windows"
+    assert choose_torch("darwin", "arm64", source="pypi") == choose_torch("darwin", "arm64")
+    assert not choose_torch("darwin", "x86_64", source="pypi").supported
+    plan = build_plan(Path("/usr/bin/python3"), Path("/tmp/v"), "linux", linux_cpu, Path("/src"), Path("/r.txt"))
+    torch_step = next(step for step in plan.steps if step.key == "torch")
+    assert "--index-url" not in torch_step.argv and "torch==2.14.1" in torch_step.argv
+    with pytest.raises(ValueError, match="source"):
+        choose_torch("linux", "x86_64", source="conda")

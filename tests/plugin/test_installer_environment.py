@@ -83,3 +83,14 @@ def test_a_company_certificate_goes_to_pip_and_ssl(tmp_path: Path) -> None:
     for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         assert env[name] == str(bundle)
     assert "PIP_CERT" not in installer_environ(USER), "no certificate chosen: none invented"
+
+
+def test_a_socks_proxy_is_named_because_pip_cannot_use_it() -> None:
+    from geossl_plugin.installer.environment import proxy_note
+
+    socks = {"proxy/proxyEnabled": "true", "proxy/proxyType": "Socks5Proxy", "proxy/proxyHost": "socks.corp",
+             "proxy/proxyPort": "1080"}
+    note = proxy_note(socks)
+    assert "SOCKS5 proxy (socks.corp:1080)" in note and "HTTP proxy" in note
+    assert proxy_note({**socks, "proxy/proxyType": "HttpProxy"}) == ""
+    assert proxy_note({**socks, "proxy/proxyEnabled": "false"}) == "" and proxy_note({}) == ""

@@ -199,3 +199,22 @@ def test_only_a_finished_setup_is_marked_ready(fake_layout: dict[str, Path], qtb
         broken.start()
     assert blocker.args[0].code == "vcredist"
     assert not marker.exists(), "a run that failed its last check is not ready, even over a good venv"
+
+
+def test_a_blocked_pytorch_index_suggests_pypi_and_pypi_then_installs(fake_layout: dict[str, Path],
+                                                                      qtbot: Any) -> None:
+    Path(str(fake_layout["calls"]) + ".no-pytorch-index").write_text("")
+    blocked = _setup(fake_layout, override="cpu")
+    with qtbot.waitSignal(blocked.failed, timeout=WAIT_MS) as blocker:
+        blocked.start()
+    problem = blocker.args[0]
+    assert problem.code == "network" and "'torch from' to PyPI" in problem.action
+    assert not (fake_layout["root"] / LOCK_NAME).exists()
+
+    from_pypi = _setup(fake_layout, override="cpu", source="pypi")
+    with qtbot.waitSignal(from_pypi.succeeded, timeout=WAIT_MS):
+        from_pypi.start()
+    pip = [args for _, args in map(json.loads, fake_layout["calls"].read_text().splitlines())
+           if args[:2] == ["-m", "pip"]]
+    assert pip[-2][-2:] == ["torch==2.14.1", "torchvision==0.29.1"] and "--index-url" not in pip[-2]
+    assert from_pypi.plan is not None and from_pypi.plan.choice.tag == "pypi"
