@@ -5,8 +5,10 @@ raster, never zero-padded). Each tile's class probabilities are weighted by a wi
 the middle and tapers over the overlap, summed, and divided by the summed weights: neighbouring
 tiles agree smoothly, so there are no seams. Tiles are processed row by row inside vertical
 stripes of at most ``stripe`` pixels; a row of output is written as soon as no later tile can
-touch it. Memory is therefore bounded by tile size × stripe width × classes, never by the
-raster's size. This module knows nothing about torch: it calls a ``predict`` function.
+touch it. A tile belongs to one stripe only: the overlap its stripe's last tile adds to the next
+stripe is kept for every row (classes × height × overlap). Memory is therefore bounded by tile
+size × stripe width × classes plus that strip, never by the raster's area. This module knows
+nothing about torch: it calls a ``predict`` function.
 """
 
 from __future__ import annotations
@@ -52,12 +54,36 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def stripe_columns(width: int, tile: int, stride: int, stripe: int) -> list[list[int]]:
-    """Tile x offsets of each vertical stripe of at most ``stripe`` pixels (a tile crossing a
-    stripe border belongs to both). The whole plan is a few integers: nothing is per pixel."""
+    """Tile x offsets of each vertical stripe: consecutive tiles spanning at most ``stripe``
+    pixels (at least one tile). Every tile belongs to exactly one stripe, so none is computed
+    twice; what a stripe's last tile adds to the next stripe's columns (the overlap) is carried
+    over by :func:`predict_stripes`. The whole plan is a few integers: nothing is per pixel."""
     xs = tile_starts(width, tile, stride)
     stripe = max(stripe, tile)
-    return [[x for x in xs if x < min((s + 1) * stripe, width) and x + tile > s * stripe]
-            for s in range(math.ceil(width / stripe))]
+    stripes: list[list[int]] = []
+    a = 0
+    while a < len(xs):
+        b = a
+        while b + 1 < len(xs) and xs[b + 1] + tile - xs[a] <= stripe:
+            b += 1
+        # The last tile is shifted back to the raster's edge: never start a stripe with it alone,
+        # or the stripe before would carry over up to a whole tile instead of the overlap.
+        if b + 2 == len(xs) and xs[-1] - xs[-2] < stride:
+            b += 1
+        stripes.append(xs[a:b + 1])
+        a = b + 1
+    return stripes
+
+
+def stripe_bounds(width: int, tile: int, stride: int, stripe: int) -> list[tuple[int, int]]:
+    """Output columns ``[start, end)`` of each stripe of :func:`stripe_columns`: from its first
+    tile to the next stripe's first tile (the raster's edge for the last)."""
+    return _bounds(stripe_columns(width, tile, stride, stripe), width)
+
+
+def _bounds(columns: list[list[int]], width: int) -> list[tuple[int, int]]:
+    starts = [xs[0] for xs in columns]
+    return list(zip(starts, [*starts[1:], width], strict=True))
 
 
 def batch_sizes(height: int, width: int, tile: int, overlap: int, batch_size: int, stripe: int = STRIPE) -> list[int]:
@@ -83,8 +109,7 @@ class TilePlan:
 
 
 def computed_pixels(height: int, width: int, tile: int, overlap: int, stripe: int = STRIPE) -> int:
-    """Pixels the model computes to predict a ``height`` × ``width`` raster: overlaps counted twice,
-    and the tiles that cross a stripe border, computed once for each stripe, too."""
+    """Pixels the model computes to predict a ``height`` × ``width`` raster (overlaps counted twice)."""
     stride = max(1, tile - overlap)
     columns = sum(len(xs) for xs in stripe_columns(width, tile, stride, stripe))
     return len(tile_starts(height, tile, stride)) * columns * tile * tile
@@ -167,12 +192,17 @@ def predict_stripes(
     tile_rows = [i for i, y in enumerate(ys) if y < r1 and y + tile > r0]
     first = tile_rows[0] if tile_rows else 0
     weight = blend_window(tile, min(overlap, tile // 2))
-    stripe = max(stripe, tile)
     stripe_tiles = stripe_columns(width, tile, stride, stripe)
+    bounds = _bounds(stripe_tiles, width)  # output columns of each stripe
     total = sum(len(t) for t in stripe_tiles) * len(tile_rows)
     if not tile_rows:
         return
     done = 0
+    span0 = ys[first]  # carried rows are indexed from the first tile row of this share
+    span = ys[tile_rows[-1]] + tile - span0
+
+    def extent(xs: list[int]) -> tuple[int, int]:
+        return xs[0], (min(xs[-1] + tile, width) if width >= tile else width)
 
     def load(ex0: int, ex1: int, ext_w: int, y: int) -> tuple[np.ndarray, np.ndarray]:
         rows = min(tile, height - y)
@@ -188,7 +218,7 @@ def predict_stripes(
         thread touches ``src``."""
         plan = []
         for s, xs in enumerate(stripe_tiles):
-            ex0, ex1 = xs[0], min(xs[-1] + tile, width) if width >= tile else width
+            ex0, ex1 = extent(xs)
             plan += [(s, ex0, ex1, max(ex1 - ex0, tile), i) for i in tile_rows]
         with ThreadPoolExecutor(1, thread_name_prefix="geossl-read") as pool:
             pending = pool.submit(load, *plan[0][1:4], ys[plan[0][4]])
@@ -198,12 +228,15 @@ def predict_stripes(
                     pending = pool.submit(load, *plan[k + 1][1:4], ys[plan[k + 1][4]])
                 yield s, ex0, ext_w, i, x_norm, valid
 
-    acc = wsum = None
+    # What a stripe's last tiles add to the next stripe's first columns (the overlap), for every
+    # row: summed weighted probabilities (K, span, c) — None until a tile was predicted — and weights.
+    acc = wsum = carry_in = carry_out = None
     for s, ex0, ext_w, i, x_norm, valid in rows_ahead():
-        sx0, sx1 = s * stripe, min((s + 1) * stripe, width)
-        xs, y = stripe_tiles[s], ys[i]
+        (sx0, sx1), xs, y = bounds[s], stripe_tiles[s], ys[i]
+        c_out = extent(xs)[1] - sx1 if s + 1 < len(stripe_tiles) else 0
         if i == first:  # a new stripe
-            acc = None
+            acc, carry_in = None, carry_out
+            carry_out = [None, np.zeros((span, c_out), np.float32)] if c_out > 0 else None
             wsum = np.zeros((tile, ext_w), np.float32)
         # Tiles without a single valid pixel are not sent to the model: their pixels are nodata in
         # the output whatever it says (sparse rasters, e.g. a scene's corners, cost nothing).
@@ -223,19 +256,34 @@ def predict_stripes(
             done += len(group)
             if on_tiles:
                 on_tiles(done, total)
+        next_y = ys[i + 1] if i + 1 < len(ys) else height
+        d = next_y - y  # rows [y, next_y) are final
+        rows_c = slice(y - span0, y - span0 + d)
+        if carry_in is not None:  # the previous stripe's share of these rows
+            c_probs, c_weights = carry_in
+            c = c_weights.shape[1]
+            wsum[:d, :c] += c_weights[rows_c]
+            if c_probs is not None:
+                if acc is None:
+                    acc = np.zeros((c_probs.shape[0], tile, ext_w), np.float32)
+                acc[:, :d, :c] += c_probs[:, rows_c]
+        if carry_out is not None:
+            cols = slice(sx1 - ex0, sx1 - ex0 + c_out)
+            carry_out[1][rows_c] = wsum[:d, cols]
+            if acc is not None:
+                if carry_out[0] is None:
+                    carry_out[0] = np.zeros((acc.shape[0], span, c_out), np.float32)
+                carry_out[0][:, rows_c] = acc[:, :d, cols]
         if acc is None:  # nothing valid yet in this stripe: every finished row is nodata
-            rows_done = (ys[i + 1] if i + 1 < len(ys) else height) - y
-            lo, hi = max(y, r0), min(y + rows_done, r1)
+            lo, hi = max(y, r0), min(next_y, r1)
             if hi > lo:
                 yield TileOutput(Window(sx0, lo, sx1 - sx0, hi - lo), np.full((hi - lo, sx1 - sx0), -1, np.int16),
                                  np.full((hi - lo, sx1 - sx0), np.nan, np.float32))
-            wsum[: tile - rows_done] = wsum[rows_done:].copy()
-            wsum[tile - rows_done:] = 0.0
+            wsum[: tile - d] = wsum[d:].copy()
+            wsum[tile - d:] = 0.0
             if on_tiles:
                 on_tiles(done, total)
             continue
-        next_y = ys[i + 1] if i + 1 < len(ys) else height
-        d = next_y - y  # rows [y, next_y) are final
         # The summed weights are the same for every class of a pixel, so the argmax needs no division
         # and only the winning class is divided (K× fewer divisions than normalising every class).
         part, w = acc[:, :d, sx0 - ex0:sx1 - ex0], wsum[:d, sx0 - ex0:sx1 - ex0]

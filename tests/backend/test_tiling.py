@@ -1,3 +1,4 @@
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -11,6 +12,8 @@ from geossl.tiling import (
     blend_window,
     computed_pixels,
     predict_stripes,
+    stripe_bounds,
+    stripe_columns,
     tile_plan,
     tile_starts,
 )
@@ -150,8 +153,8 @@ def test_tiles_without_valid_pixels_skip_the_model(tmp_path, stripe):
 
 
 @pytest.mark.parametrize(("train_tile", "shape", "device", "expected"), [
-    (128, (8192, 8192), "cpu", TilePlan(528, 16, 2)),  # big raster: 1.13× its pixels (768 px tiles: 1.16×)
-    (128, (8192, 8192), "cuda", TilePlan(528, 16, 16)),
+    (128, (8192, 8192), "cpu", TilePlan(768, 16, 1)),  # big raster: 1.06× its pixels
+    (128, (8192, 8192), "cuda", TilePlan(768, 16, 8)),
     (128, (4096, 4096), "cpu", TilePlan(704, 16, 1)),
     (128, (1024, 1024), "cpu", TilePlan(528, 16, 2)),  # two tiles a side fit; 768 would compute 2.25× the raster
     (1024, (8192, 8192), "cpu", TilePlan(1024, 16, 1)),  # never smaller than the training tile
@@ -174,8 +177,8 @@ def test_computed_pixels_counts_each_tile_once():
     assert computed_pixels(100, 100, 100, 10) == 100 * 100
     assert computed_pixels(190, 100, 100, 10) == 2 * 100 * 100  # starts 0 and 90
     assert computed_pixels(200, 100, 100, 10) == 3 * 100 * 100  # 0, 90, then 100 shifted inside
-    # 56 tiles a row, and the one across the border of the 4096-column stripes is computed in both
-    assert computed_pixels(100, 5000, 100, 10) == 57 * 100 * 100
+    # 56 tiles a row, and none twice: the tile after a stripe's last one starts the next stripe
+    assert computed_pixels(100, 5000, 100, 10) == 56 * 100 * 100
 
 
 def test_tile_plan_keeps_what_the_user_set():
@@ -183,3 +186,36 @@ def test_tile_plan_keeps_what_the_user_set():
     assert tile_plan(128, 8192, 8192, tile=256) == TilePlan(256, 16, 9)
     assert tile_plan(128, 8192, 8192, overlap=0).overlap == 0
     assert tile_plan(128, 8192, 8192, tile=768).batch == 1
+
+
+@pytest.mark.parametrize(("width", "tile", "stride", "stripe"), [
+    (5000, 100, 90, 4096), (90, 32, 24, 40), (70, 32, 24, 40), (1000, 64, 48, 64), (37, 32, 24, 40), (20, 32, 24, 40)])
+def test_each_tile_is_in_one_stripe_and_the_stripes_tile_the_width(width, tile, stride, stripe):
+    columns, bounds = stripe_columns(width, tile, stride, stripe), stripe_bounds(width, tile, stride, stripe)
+    assert [x for xs in columns for x in xs] == tile_starts(width, tile, stride), "every tile once, in order"
+    assert bounds[0][0] == 0 and bounds[-1][1] == width
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    for xs, (start, end) in zip(columns, bounds, strict=True):
+        assert start == xs[0] and end <= min(xs[-1] + tile, width)
+        assert xs[-1] + tile - xs[0] <= max(stripe, tile) or xs[-1] == width - tile  # the edge tile joins
+    # the overlap carried to the next stripe is never more than a tile's overlap, edge tile included
+    assert all(min(xs[-1] + tile, width) - end <= tile - stride
+               for xs, (_s, end) in zip(columns, bounds, strict=True))
+
+
+@pytest.mark.parametrize("stripe", [32, 40, 56, 4096])
+def test_stripes_change_nothing_even_for_a_model_that_sees_context(tmp_path, stripe):
+    """The carried overlap makes a narrow-striped prediction equal to a single-stripe one."""
+    rng = np.random.default_rng(3)
+    path = write_raster(tmp_path / "r.tif", rng.normal(0, 1, (2, 70, 130)).astype("float32"))
+
+    def contextual(tiles):  # depends on the whole tile: blending matters at every border
+        mean = tiles.mean(axis=(2, 3), keepdims=True)
+        logits = np.concatenate([tiles + mean, -tiles], axis=1)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+    one_classes, one_conf = run(path, stripe=10_000, predict=contextual)
+    classes, conf = run(path, stripe=stripe, predict=contextual)
+    np.testing.assert_array_equal(classes, one_classes)
+    np.testing.assert_allclose(conf, one_conf, rtol=1e-5)

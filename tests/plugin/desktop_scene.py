@@ -4,12 +4,15 @@ Used by test_desktop_screenshot.py (CI, under Xvfb) and to make the README scree
 through environment variables, because ``--code`` passes no arguments:
 
     GEOSSL_SCENE_RASTER      imagery to show (RGB from GEOSSL_SCENE_BANDS, default "1,2,3")
-    GEOSSL_SCENE_LABELS      polygon file; styled Categorized by GEOSSL_SCENE_FIELD (default "class")
+    GEOSSL_SCENE_LABELS      polygon file; styled Categorized by GEOSSL_SCENE_FIELD (default "class"),
+                             named GEOSSL_SCENE_LABELS_NAME (default "training polygons")
     GEOSSL_SCENE_CLASSES     classified map (+ GEOSSL_SCENE_CONFIDENCE) added as the panel adds results
     GEOSSL_SCENE_COLOURS     JSON {class: "#rrggbb"} for the polygons' categories
     GEOSSL_SCENE_BACKEND     the geossl executable the panel starts; GEOSSL_SCENE_DATA_DIR its data folder
     GEOSSL_SCENE_FINETUNE    JSON of fine-tune settings {"steps", "tile", "batch", "name"}: run one
                              through the panel and wait for it (the Jobs section then shows its curve)
+    GEOSSL_SCENE_EVALUATE    "1": check the classified map against GEOSSL_SCENE_LABELS through the
+                             panel's Accuracy section and wait for it (the Jobs section shows the metrics)
     GEOSSL_SCENE_DONE        file written (JSON: what is on screen) when the scene is ready to capture
     GEOSSL_SCENE_QUIT        when this file appears (after the capture), QGIS quits normally
     GEOSSL_SCENE_TIMEOUT_S   give up waiting for the backend/job after this long (default 600)
@@ -43,6 +46,7 @@ def done(**extra: object) -> None:
         return
     state.update(extra)
     dock = state.pop("_dock", None)
+    state.pop("_map", None)
     if dock is not None:
         service = dock.backend_section.service()
         state.update(backend_pid=service.pid() if service is not None else None)
@@ -100,7 +104,8 @@ def build() -> None:
     project.addMapLayer(raster)
     field = from_env("GEOSSL_SCENE_FIELD", "class")
     colours = json.loads(from_env("GEOSSL_SCENE_COLOURS", "{}"))
-    labels = QgsVectorLayer(ENV["GEOSSL_SCENE_LABELS"], "training polygons", "ogr")
+    labels = QgsVectorLayer(ENV["GEOSSL_SCENE_LABELS"], from_env("GEOSSL_SCENE_LABELS_NAME", "training polygons"),
+                            "ogr")
     if colours:
         from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory
 
@@ -113,8 +118,9 @@ def build() -> None:
         names = sorted(colours)
         classes = ClassInfo(tuple(names), tuple(range(1, len(names) + 1)), tuple(colours[n] for n in names)) \
             if colours else None
-        add_result_layers(ENV["GEOSSL_SCENE_CLASSES"], classes, from_env("GEOSSL_SCENE_CONFIDENCE") or None,
-                          name="land cover (GeoSSL)", project=project)
+        state["_map"], _ = add_result_layers(ENV["GEOSSL_SCENE_CLASSES"], classes,
+                                             from_env("GEOSSL_SCENE_CONFIDENCE") or None,
+                                             name="land cover (GeoSSL)", project=project)
         labels_node = project.layerTreeRoot().findLayer(labels.id())
         labels_node.setItemVisibilityChecked(False)  # the map is the point; the polygons are in the legend
     from qgis.PyQt.QtWidgets import QDockWidget
@@ -141,6 +147,23 @@ def build() -> None:
     finetune = json.loads(from_env("GEOSSL_SCENE_FINETUNE", "null"))
 
     def on_connected(_info: object) -> None:
+        if from_env("GEOSSL_SCENE_EVALUATE") == "1":
+            section = dock.evaluate_section
+            section.prediction.setLayer(state.pop("_map"))
+            section.polygons.setLayer(labels)
+            section.class_field.setField(field)
+            section.setCollapsed(False)
+            dock.segment_section.setCollapsed(True)
+
+            def evaluated(job: dict) -> None:
+                state["metrics"] = dock.jobs_section.metrics_label.text()
+                dock.finetune_section.setCollapsed(True)
+                dock.pretrain_section.setCollapsed(True)
+                QTimer.singleShot(3000, lambda: done(stage="job " + job.get("state", "?")))
+
+            dock.jobs_section.job_finished.connect(evaluated)
+            section.run_button.click()
+            return
         if not finetune:
             QTimer.singleShot(1500, lambda: done(stage="connected"))
             return

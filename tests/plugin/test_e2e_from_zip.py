@@ -77,8 +77,15 @@ def test_from_the_plugin_zip_to_a_styled_map_with_a_backend_set_up_inside_qgis(t
                GEOSSL_E2E_RASTER=str(raster), GEOSSL_E2E_LABELS=str(labels), GEOSSL_E2E_MAP=str(map_path),
                GEOSSL_E2E_COLOURS=json.dumps(COLOURS), GEOSSL_E2E_REPORT=str(report_path),
                GEOSSL_E2E_QUIT=str(tmp_path / "quit"), GEOSSL_E2E_TIMEOUT_S=str(LIMIT_S - 30))
-    subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "bash", "-c", CAPTURE], env=env,
-                   check=True, timeout=LIMIT_S + 120)
+    try:
+        subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "bash", "-c", CAPTURE], env=env,
+                       check=True, timeout=LIMIT_S + 120)
+        _check(tmp_path, root, report_path, shot, map_path)
+    finally:  # the environment is gigabytes: pytest keeps its last three temporary folders
+        shutil.rmtree(root / next((p.name for p in root.glob("venv-*")), "none"), ignore_errors=True)
+
+
+def _check(tmp_path: Path, root: Path, report_path: Path, shot: Path, map_path: Path) -> None:
     print(f"screenshot: {shot}")
     log = (tmp_path / "qgis.log").read_text(errors="replace")[-3000:]
     assert report_path.is_file(), f"the scene never finished; QGIS said:\n{log}"
