@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -24,26 +23,13 @@ from osgeo import gdal
 from qgis.PyQt.QtGui import QImage
 
 from .conftest import CPU_INFO, REPO
+from .desktop import clean_environ, needs_desktop, run_scene
 from .gdal_data import class_polygons, two_class_raster
 from .procs import running
 
-TOOLS = ("xvfb-run", "import", "qgis")
-MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
 SCENE_TIMEOUT_S = 45
 
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt: xvfb imagemagick qgis)")
-
-CAPTURE = r"""
-qgis --profiles-path "$PROFILES" --nologo --noversioncheck --code "$SCENE" > "$QGIS_LOG" 2>&1 &
-pid=$!
-for _ in $(seq 1 $((LIMIT * 4))); do [ -f "$GEOSSL_SCENE_DONE" ] && break; sleep 0.25; done
-sleep 1
-import -window root "$SHOT"
-touch "$GEOSSL_SCENE_QUIT"  # QGIS quits by itself, as when a user closes it
-for _ in $(seq 1 80); do kill -0 $pid 2>/dev/null || break; sleep 0.25; done
-kill $pid 2>/dev/null; wait $pid 2>/dev/null
-exit 0
-"""
+pytestmark = needs_desktop
 
 
 def _classified(folder: Path, source: Path) -> tuple[Path, Path]:
@@ -72,10 +58,8 @@ def test_the_dock_in_a_real_qgis_desktop(tmp_path: Path, fake_backend: Any) -> N
     labels = class_polygons(tmp_path / "labels.gpkg", size=256)
     classes, confidence = _classified(tmp_path, raster)
     done, shot = tmp_path / "done.json", tmp_path / "screenshot.png"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "QGIS_", "PYTEST"))}
+    env = clean_environ()
     env.update(
-        PROFILES=str(profiles), SCENE=str(REPO / "tests" / "plugin" / "desktop_scene.py"),
-        QGIS_LOG=str(tmp_path / "qgis.log"), LIMIT=str(SCENE_TIMEOUT_S), SHOT=str(shot),
         GEOSSL_SCENE_DONE=str(done), GEOSSL_SCENE_QUIT=str(tmp_path / "quit"),
         GEOSSL_SCENE_TIMEOUT_S=str(SCENE_TIMEOUT_S - 5),
         GEOSSL_SCENE_RASTER=str(raster), GEOSSL_SCENE_LABELS=str(labels), GEOSSL_SCENE_FIELD="class",
@@ -83,8 +67,8 @@ def test_the_dock_in_a_real_qgis_desktop(tmp_path: Path, fake_backend: Any) -> N
         GEOSSL_SCENE_COLOURS=json.dumps({"bright": "#ffd92f", "dark": "#1b7837"}),
         GEOSSL_SCENE_BACKEND=str(fake_backend(CPU_INFO)), GEOSSL_SCENE_DATA_DIR=str(tmp_path / "geossl-data"),
     )
-    subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "bash", "-c", CAPTURE], env=env,
-                   check=True, timeout=SCENE_TIMEOUT_S + 30)
+    run_scene(profiles, REPO / "tests" / "plugin" / "desktop_scene.py", env, done, tmp_path / "quit", shot,
+              tmp_path / "qgis.log", SCENE_TIMEOUT_S)
     print(f"screenshot: {shot}")
 
     assert done.is_file(), f"the scene never finished; QGIS said:\n{(tmp_path / 'qgis.log').read_text()[-3000:]}"

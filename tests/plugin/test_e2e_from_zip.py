@@ -11,38 +11,23 @@ screen. Minutes, most of them pip; it needs the network to the package index, li
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 from geossl_plugin.installer.locations import READY_MARKER
 from qgis.PyQt.QtGui import QImage
 
 from .conftest import REPO
+from .desktop import clean_environ, needs_desktop, run_scene
 from .gdal_data import class_polygons, two_class_raster
 
-TOOLS = ("xvfb-run", "import", "qgis")
-MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
-LIMIT_S = 1800  # pip unpacking torch on 2 busy cores dominates; seen here: see the printed timings
+LIMIT_S = 1800  # pip unpacking torch on 2 busy cores dominates; the timings are printed
 COLOURS = {"bright": "#ffd92f", "dark": "#1b7837"}
 
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt: xvfb imagemagick qgis)")
-
-CAPTURE = r"""
-qgis --profiles-path "$PROFILES" --nologo --noversioncheck --code "$SCENE" > "$QGIS_LOG" 2>&1 &
-pid=$!
-for _ in $(seq 1 $((LIMIT * 2))); do [ -f "$GEOSSL_E2E_REPORT" ] && break; sleep 0.5; done
-sleep 1
-import -window root "$SHOT"
-touch "$GEOSSL_E2E_QUIT"
-for _ in $(seq 1 120); do kill -0 $pid 2>/dev/null || break; sleep 0.25; done
-kill $pid 2>/dev/null; wait $pid 2>/dev/null
-exit 0
-"""
+pytestmark = needs_desktop
 
 
 def _fresh_profile_from_zip(tmp_path: Path) -> tuple[Path, Path]:
@@ -68,18 +53,14 @@ def test_from_the_plugin_zip_to_a_styled_map_with_a_backend_set_up_inside_qgis(t
     raster = two_class_raster(tmp_path / "scene.tif", size=96)
     labels = class_polygons(tmp_path / "labels.gpkg", size=96)
     report_path, shot, map_path = tmp_path / "report.json", tmp_path / "screenshot.png", tmp_path / "map.tif"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("QT_", "QGIS_", "PYTEST", "VIRTUAL_ENV", "PYTHON"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
-    env.update(PROFILES=str(profiles), SCENE=str(REPO / "tests" / "plugin" / "e2e_scene.py"),
-               QGIS_LOG=str(tmp_path / "qgis.log"), LIMIT=str(LIMIT_S), SHOT=str(shot),
-               GEOSSL_E2E_ROOT=str(root), GEOSSL_E2E_DATA_DIR=str(tmp_path / "geossl-data"),
+    env = clean_environ()
+    env.update(GEOSSL_E2E_ROOT=str(root), GEOSSL_E2E_DATA_DIR=str(tmp_path / "geossl-data"),
                GEOSSL_E2E_RASTER=str(raster), GEOSSL_E2E_LABELS=str(labels), GEOSSL_E2E_MAP=str(map_path),
                GEOSSL_E2E_COLOURS=json.dumps(COLOURS), GEOSSL_E2E_REPORT=str(report_path),
                GEOSSL_E2E_QUIT=str(tmp_path / "quit"), GEOSSL_E2E_TIMEOUT_S=str(LIMIT_S - 30))
     try:
-        subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "bash", "-c", CAPTURE], env=env,
-                       check=True, timeout=LIMIT_S + 120)
+        run_scene(profiles, REPO / "tests" / "plugin" / "e2e_scene.py", env, report_path, tmp_path / "quit", shot,
+                  tmp_path / "qgis.log", LIMIT_S)
         _check(tmp_path, root, report_path, shot, map_path)
     finally:  # the environment is gigabytes: pytest keeps its last three temporary folders
         shutil.rmtree(root / next((p.name for p in root.glob("venv-*")), "none"), ignore_errors=True)
