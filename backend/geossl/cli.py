@@ -94,7 +94,7 @@ FINETUNE_FLAGS = {"raster": "rasters", "labels": "labels", "class_field": "class
                   "device": "device", "resume": "resume"}
 PREDICT_FLAGS = {"model": "model", "raster": "raster", "out": "out", "confidence": "confidence", "tile": "tile",
                  "overlap": "overlap", "batch": "batch", "device": "device", "tta": "tta", "cog": "cog", "engine": "engine", "extent": "extent",
-                 "forest_weight": "forest_weight", "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
+                 "forest_weight": "forest_weight", "smooth": "smooth", "extent_crs": "extent_crs", "vector": "vector", "min_area": "min_area", "simplify": "simplify"}
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "over HTTP (default: plain tiled GeoTIFFs)")
     pr.add_argument("--forest-weight", type=float, metavar="W", help="share of the model's per-pixel forest in "
                     "the map, 0–1 (default: the share chosen on the validation polygons; 0: the network alone)")
+    pr.add_argument("--smooth", type=int, metavar="PX", help="average the class probabilities over a PX×PX window "
+                    "before choosing the class, PX odd (default: the window chosen on the validation polygons; "
+                    "1: no smoothing)")
     pr.add_argument("--vector", metavar="OUT.gpkg", help="also write the classes as polygons (class id, name, "
                     "mean confidence), styled by OUT.qml")
     pr.add_argument("--min-area", type=float, metavar="A", help="with --vector: merge regions smaller than A "

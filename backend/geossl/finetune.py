@@ -31,6 +31,7 @@ from .forest import ForestHead, fit_forest, pixel_features
 from .labels import load_label_polygons, read_vector, split_polygons, value_names
 from .metrics import confusion_matrix, scores
 from .models import autocast, build_model, pick_device, prepare
+from .postprocess import Finish, choose_finish
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import BandStats, check_output_path, check_training_rasters, compute_band_stats, pixel_size_m
 from .sampling import validation_windows
@@ -162,35 +163,6 @@ def fit_pixel_forest(polys: list, stats: BandStats, params: FinetuneParams, num_
     x, y = labelled_pixels(polys, stats, features, max(texture, default=1) // 2, params.forest_pixels, params.seed)
     packed = fit_forest(x, y, num_classes, params.seed, jobs=max(1, torch.get_num_threads()))
     return ForestHead.from_packed(packed, x.shape[1])
-
-
-FOREST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-@torch.no_grad()
-def choose_forest_weight(model: nn.Module, val_loader: DataLoader | None, num_classes: int,
-                         device: torch.device, params: FinetuneParams) -> tuple[float, dict[str, float] | None]:
-    """The share of ``model``'s attached forest in the blend: ``params.forest_weight``, else the best
-    validation Kappa among :data:`FOREST_WEIGHTS` (½ without validation polygons). Returns it and the
-    Kappa of each."""
-    if params.forest_weight is not None:
-        return params.forest_weight, None
-    if val_loader is None:
-        return 0.5, None
-    model.eval()
-    cms = {w: np.zeros((num_classes, num_classes), np.int64) for w in FOREST_WEIGHTS}
-    for x, y in val_loader:
-        x = x.to(device)
-        with autocast(device, params.amp):
-            deep = torch.softmax(model.context(x).float(), dim=1)
-        trees = model.forest_probs(x.float())
-        for w, cm in cms.items():
-            cm += confusion_matrix(y.numpy(), ((1 - w) * deep + w * trees).argmax(1).cpu().numpy(), num_classes,
-                                   ignore=IGNORE_INDEX)
-    model.train()
-    kappas = {w: scores(cm, [str(i) for i in range(num_classes)])["kappa"] for w, cm in cms.items()}
-    best = max(FOREST_WEIGHTS, key=lambda w: (round(kappas[w], 6), -abs(w - 0.5)))
-    return best, {f"{w:g}": round(k, 4) for w, k in kappas.items()}
 
 
 def plan_steps(params: FinetuneParams, model: nn.Module, train_ds: LabelledTiles, n_val: int,
@@ -410,19 +382,20 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
                     spent_before + time.monotonic() - t0)
 
     config = params.model_dump() | {"plan": plan.to_dict()}
-    state, forest_meta, blend = best["state"], None, None
+    state, forest_meta = best["state"], None
+    final.load_state_dict(best["state"])
     if forest is not None:
-        final.load_state_dict(best["state"])
         final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0)
-        weight, blend = choose_forest_weight(final, val_loader, len(table), device, params)
-        final.forest_weight = weight
-        forest_meta = final.forest_meta() | {"validation_kappa": blend}
+    finish = choose_finish(final, val_loader, len(table), device, params)
+    if forest is not None:
+        final.forest_weight = finish.weight
+        forest_meta = final.forest_meta() | {"validation_kappa": finish.weight_kappas()}
         state = {k: v.detach().cpu() for k, v in final.state_dict().items()}
-        progress(clock.event("fine-tune", step, total, message=f"Blending the forest at weight {weight:g}."))
+    progress(clock.event("fine-tune", step, total, message=finish_message(finish, forest is not None)))
     save_checkpoint(
         out, "segmentation", state,
         arch="DeepLabV3Plus", encoder=params.encoder, in_channels=in_channels, num_classes=len(table),
-        forest=forest_meta,
+        forest=forest_meta, smooth=finish.smooth, smooth_validation_kappa=finish.smooth_kappas(),
         classes=table.to_dict(), band_stats=stats.to_dict(), tile=params.tile, seed=params.seed,
         config=config, best_epoch=best["epoch"], history=history, validation=best["metrics"],
         init={"source": "geossl", "path": str(Path(params.init).resolve()), "method": pretrained.get("method"),
@@ -441,11 +414,19 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
         "best_epoch": best["epoch"],
         "validation": best["metrics"],
         "forest": forest_meta,
+        "smooth": finish.smooth,
         "history": history,
         "warnings": warnings,
         "device": str(device),
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def finish_message(finish: Finish, has_forest: bool) -> str:
+    smooth = f"averaging the classes over {finish.smooth}×{finish.smooth} px" if finish.smooth > 1 else "no smoothing"
+    blend = f"the forest blended at weight {finish.weight:g}, " if has_forest else ""
+    return f"Finishing the map: {blend}{smooth} (best on the validation polygons)." if finish.kappas else \
+        f"Finishing the map: {blend}{smooth}."
 
 
 def warm_start_params(params: FinetuneParams, warm: dict, in_channels: int) -> FinetuneParams:

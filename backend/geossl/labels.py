@@ -3,30 +3,36 @@
 Pixels outside every polygon are *unlabeled* (``IGNORE_INDEX``) and never count as background:
 a mapper draws a few polygons, not a complete map. Polygons in another CRS are reprojected to
 the raster's CRS, never refused.
+
+Polygon files are read with pyogrio (GDAL) where it is installed; without it (e.g. a GPU machine
+given only the wheels it needs), GeoJSON is still read, with ``json`` + shapely, into the same
+result, and any other format is refused with the action to take.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyogrio
-import pyogrio.raw
 import shapely
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 from rasterio import features
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
+from shapely.geometry import shape
 
 from .classes import IGNORE_INDEX, ClassTable
 from .errors import GeoSSLError
 from .raster_io import RasterInfo
 
 POLYGONAL = ("Polygon", "MultiPolygon")
+GEOJSON_SUFFIXES = (".geojson", ".json")
 
 
 @dataclass
@@ -71,25 +77,34 @@ class LabelPolygons:
 
 
 def read_vector(path: str | os.PathLike, class_field: str, layer: str | int | None = None) -> VectorLabels:
-    """Read polygons and a class field with pyogrio (GeoPackage, Shapefile, GeoJSON, ...)."""
+    """Read polygons and a class field with pyogrio (GeoPackage, Shapefile, GeoJSON, ...); without
+    pyogrio, GeoJSON only (the same result: ``_GeoJSONLayer``)."""
     p = Path(path)
     if not p.exists():
         raise GeoSSLError(f"Label file '{p}' does not exist.", "check the path of the polygon layer.")
-    try:
-        info = pyogrio.read_info(p, layer=layer)
-    except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
-        raise GeoSSLError(f"Label file '{p}' cannot be read: {exc}.", "give a GeoPackage, Shapefile or GeoJSON.") from exc
-    fields = [str(f) for f in info["fields"]]
+    ogr = _pyogrio()
+    if ogr is None:
+        source = _GeoJSONLayer(p, layer)
+        fields, n_features = source.fields, len(source.features)
+    else:
+        try:
+            info = ogr.read_info(p, layer=layer)
+        except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
+            raise GeoSSLError(f"Label file '{p}' cannot be read: {exc}.",
+                              "give a GeoPackage, Shapefile or GeoJSON.") from exc
+        fields, n_features = [str(f) for f in info["fields"]], info["features"]
     if class_field not in fields:
         raise GeoSSLError(
             f"Label file '{p.name}' has no field '{class_field}' (fields: {', '.join(fields) or 'none'}).",
             "pass the name of the field that holds the class with --class-field.",
         )
-    if info["features"] == 0:
+    if n_features == 0:
         raise GeoSSLError(f"Label file '{p.name}' has no features.", "draw at least one polygon per class.")
-    meta, _fids, wkb, field_data = pyogrio.raw.read(p, layer=layer, columns=[class_field])
-    geoms = shapely.from_wkb(wkb)
-    values = field_data[0].tolist()
+    if ogr is None:
+        geoms, values, crs = source.geometries(), source.values(class_field), source.crs()
+    else:
+        meta, _fids, wkb, field_data = ogr.raw.read(p, layer=layer, columns=[class_field])
+        geoms, values, crs = shapely.from_wkb(wkb), field_data[0].tolist(), meta.get("crs")
     warnings: list[str] = []
     keep = np.array(
         [g is not None and not g.is_empty and g.geom_type in POLYGONAL and v is not None and v == v
@@ -109,7 +124,109 @@ def read_vector(path: str | os.PathLike, class_field: str, layer: str | int | No
         )
     geoms = shapely.make_valid(geoms[keep])
     values = [v for v, k in zip(values, keep, strict=True) if k]
-    return VectorLabels(str(p), geoms, values, meta.get("crs"), warnings)
+    return VectorLabels(str(p), geoms, values, crs, warnings)
+
+
+def _pyogrio():
+    """The pyogrio module, or None where it is not installed."""
+    try:
+        import pyogrio
+        import pyogrio.raw  # noqa: F401  (read_vector uses pyogrio.raw.read)
+    except ImportError:
+        return None
+    return pyogrio
+
+
+class _GeoJSONLayer:
+    """A GeoJSON file read without GDAL, into what pyogrio's reader gives for it: one layer (named
+    after the file or its ``name`` member), fields in order of appearance with OGR's field types
+    (integers with a null become floats with NaN, a field with any text becomes text), the CRS from
+    the ``crs`` member or EPSG:4326 (RFC 7946)."""
+
+    def __init__(self, path: Path, layer: str | int | None) -> None:
+        self.path = path
+        if path.suffix.lower() not in GEOJSON_SUFFIXES:
+            raise GeoSSLError(
+                f"Label file '{path.name}' cannot be read: pyogrio, which GeoSSL reads "
+                f"{path.suffix or 'such'} files with, is not installed.",
+                "install pyogrio, or give the polygons as GeoJSON (.geojson).",
+            )
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise self._error(f"it is not valid JSON ({exc})") from exc
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        if kind == "Feature":
+            features = [doc]
+        elif kind == "FeatureCollection" and isinstance(doc.get("features"), list):
+            features = doc["features"]
+        else:
+            raise self._error("it is not a GeoJSON FeatureCollection")
+        if not all(isinstance(f, dict) for f in features):
+            raise self._error("one of its features is not a JSON object")
+        name = doc.get("name") if isinstance(doc.get("name"), str) else path.stem
+        if layer not in (None, 0, name):
+            raise GeoSSLError(f"Label file '{path.name}' has no layer '{layer}' (a GeoJSON file holds one "
+                              f"layer, '{name}').", "leave the layer out.")
+        self.doc, self.features = doc, features
+        self.props = [f.get("properties") if isinstance(f.get("properties"), dict) else {} for f in features]
+        self.fields = list(dict.fromkeys(k for p in self.props for k in p))
+
+    def _error(self, why: str, action: str | None = None) -> GeoSSLError:
+        return GeoSSLError(f"Label file '{self.path}' cannot be read: {why}.",
+                           action or "give a GeoJSON FeatureCollection of polygons (or install pyogrio to read "
+                                     "GeoPackage and Shapefile).")
+
+    def geometries(self) -> np.ndarray:
+        out = np.empty(len(self.features), dtype=object)
+        for i, f in enumerate(self.features):
+            g = f.get("geometry")
+            try:
+                out[i] = None if g is None else shape(g)
+            except Exception as exc:  # shapely raises several errors for malformed geometries
+                raise self._error(f"feature {i + 1} has a geometry that cannot be read ({exc})") from exc
+        return out
+
+    def values(self, field_name: str) -> list[object]:
+        raw = [p.get(field_name) for p in self.props]
+        given = [v for v in raw if v is not None]
+        if any(isinstance(v, list | dict) for v in given):
+            raise self._error(f"field '{field_name}' holds lists or objects, not class names or codes",
+                              f"give each polygon's class in '{field_name}' as text or an integer code.")
+        if any(isinstance(v, str) for v in given):  # OGR: a String field, numbers written as JSON text
+            return [None if v is None else v if isinstance(v, str) else _json_text(v) for v in raw]
+        if not given or (len(given) == len(raw) and all(isinstance(v, bool) for v in given)):
+            return raw  # all null (a String field) or all boolean
+        if any(isinstance(v, float) for v in given) or len(given) < len(raw):  # Real, or Integer with nulls
+            return [float("nan") if v is None else float(v) for v in raw]
+        return [int(v) for v in raw]
+
+    def crs(self) -> str:
+        member = self.doc.get("crs")
+        if member is None:
+            return "EPSG:4326"  # RFC 7946: longitude/latitude on WGS 84
+        props = member.get("properties") if isinstance(member, dict) and member.get("type") == "name" else None
+        name = props.get("name") if isinstance(props, dict) else None
+        if not isinstance(name, str):
+            raise self._error("its 'crs' member is not a named CRS ({\"type\": \"name\", ...})")
+        try:
+            crs = CRS.from_user_input(name)
+        except CRSError as exc:
+            raise self._error(f"its CRS '{name}' is not known ({exc})") from exc
+        authority = crs.to_authority()
+        if authority in (("OGC", "CRS84"), ("OGC", "84")):
+            return "EPSG:4326"  # as GDAL reports it (longitude/latitude order)
+        return ":".join(authority) if authority else crs.to_wkt()
+
+
+def _json_text(v: object) -> str:
+    """A JSON number or boolean as OGR's GeoJSON reader turns it into text (json-c's formatting)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        text = f"{v:.17g}"
+        return text if any(c in text for c in ".eni") else text + ".0"
+    return str(v)
 
 
 def value_names(values: Sequence[object]) -> list[str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .forest import ForestHead, pixel_features
 from .schemas import ENCODERS
 
-__all__ = ["ENCODERS", "autocast", "build_model", "pick_device", "prepare"]
+__all__ = ["ENCODERS", "SMOOTH_SIZES", "autocast", "build_model", "pick_device", "prepare", "smooth_probs"]
 
 
 class GeoDeepLab(smp.DeepLabV3Plus):
@@ -23,10 +24,13 @@ class GeoDeepLab(smp.DeepLabV3Plus):
     With a forest the output is log((1 − w)·softmax(context) + w·forest), so every consumer that
     takes a softmax of the output (prediction, suggestions, the ONNX export) gets the blended
     probabilities; training uses :meth:`context` alone (the forest is fitted, not trained by SGD).
+    ``smooth`` (odd, pixels) then averages those probabilities over a square window
+    (:func:`smooth_probs`): the majority filter of classic classification, chosen on validation.
     """
 
-    def __init__(self, *args, forest: dict | None = None, **kwargs) -> None:
+    def __init__(self, *args, forest: dict | None = None, smooth: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.smooth = check_smooth(smooth)  # in the model file's ``smooth`` entry, not the state dict
         self.forest: ForestHead | None = None
         self.texture: tuple[int, ...] = ()
         self.forest_weight = 0.0  # in the model file's ``forest`` entry, not the state dict (old files load)
@@ -61,18 +65,43 @@ class GeoDeepLab(smp.DeepLabV3Plus):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.context(x)
-        if self.forest is None or self.forest_weight == 0:
+        plain = self.forest is None or self.forest_weight == 0
+        if plain and self.smooth == 1:
             return logits
-        return torch.log(self.blend(torch.softmax(logits.float(), dim=1), x).clamp_min(1e-8))
+        probs = torch.softmax(logits.float(), dim=1) if plain else self.blend(torch.softmax(logits.float(), dim=1), x)
+        return torch.log(smooth_probs(probs, self.smooth).clamp_min(1e-8))
 
 
-def build_model(encoder: str, in_channels: int, num_classes: int, forest: dict | None = None) -> GeoDeepLab:
+SMOOTH_SIZES = (1, 3, 5, 9, 15)  # the windows fine-tuning chooses from on its validation polygons
+
+
+def check_smooth(size: int) -> int:
+    if size < 1 or size % 2 == 0 or size > 63:
+        raise ValueError(f"the smoothing window must be an odd number of pixels from 1 to 63, not {size}")
+    return int(size)
+
+
+def smooth_probs(probs: torch.Tensor, size: int) -> torch.Tensor:
+    """Class probabilities averaged over a ``size``² window (1: unchanged).
+
+    At a tile's edge only the pixels inside count, so the tile border is not pulled towards zero;
+    prediction's overlap blending then hides the rest. Averaging probabilities before the argmax is
+    the soft form of the majority filter analysts run on a classified map.
+    """
+    if size == 1:
+        return probs
+    return F.avg_pool2d(probs, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
+def build_model(encoder: str, in_channels: int, num_classes: int, forest: dict | None = None,
+                smooth: int = 1) -> GeoDeepLab:
     """A randomly initialised DeepLabV3+ with ``in_channels`` input bands and ``num_classes`` outputs;
-    ``forest``: the ``forest`` entry of a model file (empty buffers of that shape, to load into)."""
+    ``forest``: the ``forest`` entry of a model file (empty buffers of that shape, to load into);
+    ``smooth``: its ``smooth`` entry."""
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
     return GeoDeepLab(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes,
-                      forest=forest)
+                      forest=forest, smooth=smooth)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -44,11 +44,14 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def graph_path(model: str, tile: int, forest_weight: float | None) -> Path:
-    """The cached graph of this model file's *content* (a retrained file under the same name differs)."""
+def graph_path(model: str, tile: int, forest_weight: float | None, smooth: int | None = None) -> Path:
+    """The cached graph of this model file's *content* (a retrained file under the same name differs),
+    with the prediction's overrides of its forest share and smoothing window in the name."""
     stat = os.stat(model)
     share = "model" if forest_weight is None else f"{forest_weight:g}"
-    return cache_dir() / f"{_digest(model, stat.st_size, stat.st_mtime_ns)[:20]}-tile{tile}-forest{share}-opset{OPSET}.onnx"
+    window = "" if smooth is None else f"-smooth{smooth}"
+    return cache_dir() / (f"{_digest(model, stat.st_size, stat.st_mtime_ns)[:20]}-tile{tile}-forest{share}{window}"
+                          f"-opset{OPSET}.onnx")
 
 
 def have_onnxruntime() -> bool:
@@ -71,7 +74,7 @@ def choose_engine(requested: Engine, device: torch.device, tta: bool, pixels: in
 
 
 def exported_graph(model_path: str, model: torch.nn.Module, ckpt: dict, tile: int,
-                   forest_weight: float | None) -> Path:
+                   forest_weight: float | None, smooth: int | None = None) -> Path:
     """The ONNX graph of ``model`` (as :func:`geossl.predict.load_model` built it) for ``tile``² tiles,
     from the cache or exported now (atomically: two processes exporting at once both succeed)."""
     import onnx
@@ -79,7 +82,7 @@ def exported_graph(model_path: str, model: torch.nn.Module, ckpt: dict, tile: in
     from .export import DeepnessModel, _export_graph
     from .raster_io import BandStats, atomic_path
 
-    path = graph_path(model_path, tile, forest_weight)
+    path = graph_path(model_path, tile, forest_weight, smooth)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

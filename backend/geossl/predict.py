@@ -47,14 +47,16 @@ from .tiling import RowBuffer, computed_pixels, predict_stripes, row_shares, til
 from .vectorize import check_vector_output, vectorize
 
 
-def load_model(path: str, device: torch.device, forest_weight: float | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of a file, ready for inference on tiles of any size; ``forest_weight`` overrides
-    its forest's share."""
+def load_model(path: str, device: torch.device, forest_weight: float | None = None,
+               smooth: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model of a file, ready for inference on tiles of any size; ``forest_weight`` and
+    ``smooth`` override its forest's share and its smoothing window."""
     ckpt = load_checkpoint(path, "segmentation")
     forest = ckpt.get("forest")
     if forest and forest_weight is not None:
         forest = forest | {"weight": forest_weight}
-    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest)
+    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest,
+                        int(ckpt.get("smooth") or 1) if smooth is None else smooth)
     model.load_state_dict(ckpt["state_dict"])
     return prepare(model, device, inference=True).eval(), ckpt
 
@@ -121,7 +123,7 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
     t0 = time.monotonic()
     conf_out = check_output_path(params.confidence) if params.confidence else None
     vector_out = check_vector_output(params.vector, out) if params.vector else None
-    model, ckpt = load_model(params.model, device, params.forest_weight)
+    model, ckpt = load_model(params.model, device, params.forest_weight, params.smooth)
     info = raster_info(params.raster)
     check_model_bands(ckpt, info, "predict")
     window = None
@@ -160,10 +162,10 @@ def _predict(params: PredictParams, progress: ProgressCallback, ctx: Distributed
         conf_band["cog"] = False  # read once by the polygons, then removed
     # every process of a distributed run must pick the same engine: the raster decides, not the cache
     engine = choose_engine(params.engine, device, params.tta, computed_pixels(info.height, info.width, tile, overlap),
-                           lambda: not ctx.enabled and graph_path(params.model, tile, params.forest_weight).exists())
+                           lambda: not ctx.enabled and graph_path(params.model, tile, params.forest_weight, params.smooth).exists())
     if engine == "onnxruntime":
         progress(clock.event("predict", 0, 0, message="Preparing ONNX Runtime (once per model and tile)…"))
-        predictor = onnx_predictor(exported_graph(params.model, model, ckpt, tile, params.forest_weight))
+        predictor = onnx_predictor(exported_graph(params.model, model, ckpt, tile, params.forest_weight, params.smooth))
         model = None  # ONNX Runtime holds its own copy of the weights: the torch one goes
         gc.collect()
     else:

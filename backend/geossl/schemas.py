@@ -32,6 +32,12 @@ def _one_start(encoder_weights: str | None, **others: str | None) -> None:
         raise ValueError(f"give either encoder_weights or {' / '.join(given)} to start from, not both")
 
 
+def _smooth_ok(v: int | None) -> int | None:
+    if v is not None and v % 2 == 0:
+        raise ValueError(f"the smoothing window must be an odd number of pixels (1: none), not {v}")
+    return v
+
+
 def _tile_ok(v: int) -> int:
     if v % 16:
         raise ValueError(f"tile must be a multiple of 16 (DeepLabV3+ downsamples by 16), got {v}")
@@ -80,6 +86,9 @@ class FinetuneParams(_Params):
     forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the forest in the blend "
                                         "(default: the best of 0, ¼, ½, ¾, 1 on the validation polygons)")
     forest_pixels: int = Field(300_000, ge=1000, description="Most labelled pixels the forest is fitted on")
+    smooth: int | None = Field(None, ge=1, le=63, description="Window (odd, pixels) the map's class "
+                               "probabilities are averaged over (default: the best of 1, 3, 5, 9, 15 on the "
+                               "validation polygons; 1: none)")
     ema: float = Field(0.995, ge=0, lt=1, description="Decay of the moving average of the weights that is "
                        "validated and saved (0: the raw weights)")
     self_training: float = Field(0.0, ge=0, le=0.75, description="Share of each batch filled with windows "
@@ -104,6 +113,11 @@ class FinetuneParams(_Params):
     @classmethod
     def _tile(cls, v: int) -> int:
         return _tile_ok(v)
+
+    @field_validator("smooth")
+    @classmethod
+    def _smooth(cls, v: int | None) -> int | None:
+        return _smooth_ok(v)
 
     @field_validator("forest_texture")
     @classmethod
@@ -183,6 +197,9 @@ class PredictParams(_Extent):
     forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the model's per-pixel forest "
                                         "in the map (default: the one chosen on validation polygons; 0: the "
                                         "network alone)")
+    smooth: int | None = Field(None, ge=1, le=63, description="Window (odd, pixels) the class probabilities are "
+                               "averaged over before the argmax (default: the one chosen on validation polygons; "
+                               "1: none)")
     vector: str | None = Field(None, description="Also write the classes as polygons (GeoPackage, .gpkg)")
     min_area: float | None = Field(None, gt=0, description="Vector: merge regions smaller than this area "
                                    "(map units², e.g. m²) into their neighbours first")
@@ -193,6 +210,11 @@ class PredictParams(_Extent):
     @classmethod
     def _tile(cls, v: int | None) -> int | None:
         return None if v is None else _tile_ok(v)
+
+    @field_validator("smooth")
+    @classmethod
+    def _smooth(cls, v: int | None) -> int | None:
+        return _smooth_ok(v)
 
     @model_validator(mode="after")
     def _engine(self) -> PredictParams:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyogrio.raw
 import shapely
 from pyproj import CRS, Transformer
 
@@ -157,6 +156,8 @@ def _item(i: int, rank: int, c: Candidates, table: ClassTable, info: RasterInfo,
 def write_suggestions(out: Path, items: list[dict[str, Any]], info: RasterInfo) -> None:
     """One polygon layer ``LAYER`` (squares in the raster's CRS) with rank, score, reason and the
     expected drawable area, atomically (``drawable_m2`` is empty without a metric pixel size)."""
+    import pyogrio.raw  # only here: a machine without pyogrio can still import this module
+
     geoms = [shapely.box(*it["bounds"]) for it in items]
     cols = ("rank", "score", "margin", "reason", "class_1", "class_2", "p_1", "p_2", "drawable_class",
             "drawable_px", "drawable_m2")

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from geossl import forest as forest_mod
 from geossl.checkpoint import load_checkpoint
 from geossl.export import run_export
-from geossl.finetune import FOREST_WEIGHTS, choose_forest_weight, run_finetune
+from geossl.finetune import run_finetune
 from geossl.forest import ForestHead, fit_forest, pack, pixel_features
+from geossl.models import SMOOTH_SIZES
+from geossl.postprocess import FOREST_WEIGHTS, Finish, choose_finish
 from geossl.predict import load_model, run_predict
 from geossl.raster_io import BandStats, open_raster, read_window
 from geossl.schemas import ExportParams, FinetuneParams, PredictParams
@@ -76,14 +78,16 @@ def test_blend_weight_is_chosen_on_validation_windows():
     feats = x.permute(0, 2, 3, 1).reshape(-1, 1).numpy()
     head = ForestHead.from_packed(fit_forest(feats, y.reshape(-1).numpy(), 2, seed=0, trees=5), 1)
     params = FinetuneParams(rasters=["r.tif"], labels="l.gpkg", class_field="c", out="m.pt", forest=True,
-                            forest_texture=[])
-    weight, kappas = choose_forest_weight(_Constant(head), [(x, y)], 2, torch.device("cpu"), params)
+                            forest_texture=[], smooth=1)
+    finish = choose_finish(_Constant(head), [(x, y)], 2, torch.device("cpu"), params)
+    kappas = finish.weight_kappas()
     assert set(kappas) == {f"{w:g}" for w in FOREST_WEIGHTS}
     assert kappas["0"] == 0.0 and kappas["1"] == pytest.approx(1.0)
-    assert weight == 0.75  # ¾ and 1 are both perfect here: the one nearer an even blend wins
+    assert finish.weight == 0.75  # ¾ and 1 are both perfect here: the one nearer an even blend wins
     fixed = params.model_copy(update={"forest_weight": 0.25})
-    assert choose_forest_weight(_Constant(head), [(x, y)], 2, torch.device("cpu"), fixed) == (0.25, None)
-    assert choose_forest_weight(_Constant(head), None, 2, torch.device("cpu"), params) == (0.5, None)
+    assert choose_finish(_Constant(head), [(x, y)], 2, torch.device("cpu"), fixed) == Finish(0.25, 1)
+    unvalidated = params.model_copy(update={"smooth": None})
+    assert choose_finish(_Constant(head), None, 2, torch.device("cpu"), unvalidated) == Finish(0.5, 1)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,8 @@ def test_the_forest_lives_in_the_model_file_as_plain_tensors(forest_model):
     assert meta["weight"] in FOREST_WEIGHTS and meta["texture"] == [3]
     assert meta["features"] == 3 * 3  # bands + local mean + local std
     assert set(meta["validation_kappa"]) == {f"{w:g}" for w in FOREST_WEIGHTS}
+    assert ckpt["smooth"] in SMOOTH_SIZES and set(ckpt["smooth_validation_kappa"]) == {str(s) for s in SMOOTH_SIZES}
+    assert forest_model["summary"]["smooth"] == ckpt["smooth"]
     assert ckpt["state_dict"]["forest.feature"].shape == (meta["trees"], meta["nodes"])
     assert forest_model["summary"]["forest"]["weight"] == meta["weight"]
 

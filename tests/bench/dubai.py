@@ -11,6 +11,7 @@ covered (split equally between classes). Everything else is held out for evaluat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,4 +117,16 @@ def write_gpkg(path: Path, geoms: list, names: list[str]) -> Path:
     pyogrio.raw.write(str(path), geometry=shapely.to_wkb(np.asarray(geoms, dtype=object)),
                       field_data=[np.asarray(names, dtype=object)], fields=["class"], crs=CRS,
                       geometry_type="Polygon")
+    return path
+
+
+def write_geojson(path: Path, geoms: list, names: list[str]) -> Path:
+    """The polygons as GeoJSON with their (projected) CRS named in the ``crs`` member, written with
+    ``json`` alone: GDAL reads it, and GeoSSL reads it without pyogrio (the GPU machine's case)."""
+    from shapely.geometry import mapping
+
+    crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::" + CRS.split(":")[1]}}
+    features = [{"type": "Feature", "properties": {"class": name}, "geometry": mapping(g)}
+                for g, name in zip(geoms, names, strict=True)]
+    path.write_text(json.dumps({"type": "FeatureCollection", "name": path.stem, "crs": crs, "features": features}))
     return path

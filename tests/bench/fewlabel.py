@@ -43,6 +43,7 @@ K = len(dubai.NAMES)
 DEFAULT_ROW = "GeoSSL default"
 FOREST_ROW = "random forest (RGB + texture)"
 NETWORK_ALONE = "network alone (its forest off)"
+UNSMOOTHED = "without its smoothing (--smooth 1)"
 GOALS = {"absolute": 60.0, "over_forest": 20.0, "max_std": 2.5}
 
 
@@ -88,13 +89,16 @@ def deep_row(scenes, used, gpkg: Path, work: Path, seed: int, name: str, finetun
     row = result(scenes, used, maps, secs, steps=summary["steps"], plan=summary["plan"],
                  predict_seconds=round(time.perf_counter() - t - secs, 1), threads=threads,
                  forest=summary.get("forest"))
-    if summary.get("forest"):  # the same model without its forest: what the network alone maps
-        alone = []
+    # the same model predicted otherwise: without its forest (the network alone), without its smoothing
+    others = {"network_alone": {"forest_weight": 0.0}} if summary.get("forest") else {}
+    for key, over in (others | {"unsmoothed": {"smooth": 1}}).items():
+        alt = []
         for s in scenes:
-            out = work / f"pred_alone_{s.image.stem}.tif"
-            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), forest_weight=0.0))
-            alone.append(out)
-        row["network_alone"] = result(scenes, used, alone, secs)
+            out = work / f"pred_{key}_{s.image.stem}.tif"
+            run_predict(PredictParams(model=str(model), raster=str(s.image), out=str(out), **over))
+            alt.append(out)
+        row[key] = result(scenes, used, alt, secs)
+    row["smooth"] = summary.get("smooth")
     return row
 
 
@@ -169,9 +173,10 @@ def main() -> None:
                                        torch.get_num_threads()))
             print(f"seed {seed} {name}: kappa {rows[name][-1]['kappa']:.3f} ({rows[name][-1]['train_seconds']} s)",
                   flush=True)
-            alone = rows[name][-1].pop("network_alone", None)
-            if alone is not None:
-                rows.setdefault(f"{name}: {NETWORK_ALONE}", []).append(alone)
+            for key, label in (("network_alone", NETWORK_ALONE), ("unsmoothed", UNSMOOTHED)):
+                alt = rows[name][-1].pop(key, None)
+                if alt is not None:
+                    rows.setdefault(f"{name}: {label}", []).append(alt)
         if not args.no_forest:
             rows[FOREST_ROW].append(forest_row(scenes, gpkg, used, work, seed))
             print(f"seed {seed} forest: kappa {rows[FOREST_ROW][-1]['kappa']:.3f}", flush=True)

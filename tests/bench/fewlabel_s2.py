@@ -77,6 +77,7 @@ def all_polygons(out: Path) -> Path:
 
 
 NETWORK_ALONE = "network alone (its forest off)"
+UNSMOOTHED = "without its smoothing (--smooth 1)"
 
 
 def score(pred: Path, test: Path) -> dict:
@@ -96,10 +97,13 @@ def deep_row(raster: Path, train: Path, test: Path, work: Path, seed: int, name:
     run_predict(PredictParams(model=str(model), raster=str(raster), out=str(pred)))
     row = {**score(pred, test), "train_seconds": round(secs, 1), "steps": summary["steps"], "plan": summary["plan"],
            "threads": threads, "forest": summary.get("forest")}
-    if summary.get("forest"):  # the same model without its forest: what the network alone maps
-        alone = work / f"pred_{name.split()[0]}_{seed}_alone.tif"
-        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(alone), forest_weight=0.0))
-        row["network_alone"] = {**score(alone, test), "train_seconds": round(secs, 1)}  # the same training
+    # the same model predicted otherwise (the same training): without its forest, without its smoothing
+    others = {"network_alone": {"forest_weight": 0.0}} if summary.get("forest") else {}
+    for key, over in (others | {"unsmoothed": {"smooth": 1}}).items():
+        alt = work / f"pred_{name.split()[0]}_{seed}_{key}.tif"
+        run_predict(PredictParams(model=str(model), raster=str(raster), out=str(alt), **over))
+        row[key] = {**score(alt, test), "train_seconds": round(secs, 1)}
+    row["smooth"] = summary.get("smooth")
     return row
 
 
@@ -169,9 +173,10 @@ def main() -> None:
                                            torch.get_num_threads()))
                 print(f"{split} seed {seed} {name}: kappa {rows[name][-1]['kappa']:.3f} "
                       f"({rows[name][-1]['train_seconds']} s)", flush=True)
-                alone = rows[name][-1].pop("network_alone", None)
-                if alone is not None:
-                    rows.setdefault(f"{name}: {NETWORK_ALONE}", []).append(alone)
+                for key, label in (("network_alone", NETWORK_ALONE), ("unsmoothed", UNSMOOTHED)):
+                    alt = rows[name][-1].pop(key, None)
+                    if alt is not None:
+                        rows.setdefault(f"{name}: {label}", []).append(alt)
             rows[FOREST_ROW].append(forest_row(raster, train, test, work, seed))
             print(f"{split} seed {seed} forest: kappa {rows[FOREST_ROW][-1]['kappa']:.3f}", flush=True)
         results[split] = rows

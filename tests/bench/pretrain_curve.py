@@ -64,24 +64,24 @@ def pretrain(method: str, scenes, work: Path, args) -> dict:
     return info
 
 
-def finetune_cmd(rasters, gpkg: Path, out: Path, seed: int, init: str | None, finetune: dict) -> list[str]:
+def finetune_cmd(rasters, labels: Path, out: Path, seed: int, init: str | None, finetune: dict) -> list[str]:
     code = ("import json,sys,torch;torch.set_num_threads(int(sys.argv[1]));"
             "from geossl.finetune import run_finetune;from geossl.schemas import FinetuneParams;"
             "r=run_finetune(FinetuneParams(**json.loads(sys.argv[2])));"
             "print(json.dumps({'steps':r['steps'],'seconds':r['seconds']}))")
-    params = {"rasters": [str(r) for r in rasters], "labels": str(gpkg), "class_field": "class", "out": str(out),
+    params = {"rasters": [str(r) for r in rasters], "labels": str(labels), "class_field": "class", "out": str(out),
               "seed": seed, **({"init": init} if init else {}), **finetune}
     return [sys.executable, "-c", code, "THREADS", json.dumps(params)]
 
 
-def run_one(key: str, scenes, used, gpkg: Path, work: Path, seed: int, init: str | None, args) -> dict:
+def run_one(key: str, scenes, used, labels: Path, work: Path, seed: int, init: str | None, args) -> dict:
     from geossl.predict import run_predict
     from geossl.schemas import PredictParams
 
     from tests.bench.fewlabel import result
 
     model = work / f"model_{key}.pt"
-    cmd = finetune_cmd([s.image for s in scenes], gpkg, model, seed, init, args.finetune)
+    cmd = finetune_cmd([s.image for s in scenes], labels, model, seed, init, args.finetune)
     cmd[cmd.index("THREADS")] = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     res = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -177,17 +177,18 @@ def main() -> None:
     tasks = []
     for seed in args.seeds:
         geoms, names, used = dubai.draw_polygons(scenes, seed)
-        gpkg = dubai.write_gpkg(args.work / f"labels_{seed}.gpkg", geoms, names)
-        tasks.append((f"random/{seed}", seed, used, gpkg, None))
+        # GeoJSON, written and read without pyogrio (the GPU machine has none: tests/bench/gpu_run.py)
+        labels = dubai.write_geojson(args.work / f"labels_{seed}.geojson", geoms, names)
+        tasks.append((f"random/{seed}", seed, used, labels, None))
         for method, info in pre.items():
             for minutes, p in info["points"].items():
-                tasks.append((f"{method}/{minutes}/{seed}", seed, used, gpkg, p["path"]))
+                tasks.append((f"{method}/{minutes}/{seed}", seed, used, labels, p["path"]))
     todo = [t for t in tasks if t[0] not in runs]
     print(f"{len(tasks) - len(todo)} fine-tunes found in {log}, {len(todo)} to run", flush=True)
 
     def work(task):
-        key, seed, used, gpkg, init = task
-        r = run_one(key.replace("/", "_"), scenes, used, gpkg, args.work, seed, init, args)
+        key, seed, used, labels, init = task
+        r = run_one(key.replace("/", "_"), scenes, used, labels, args.work, seed, init, args)
         r["key"] = key
         with log.open("a") as f:
             f.write(json.dumps(r) + "\n")
