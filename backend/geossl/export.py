@@ -32,7 +32,7 @@ from . import __version__
 from .checkpoint import load_checkpoint
 from .classes import ClassTable
 from .errors import GeoSSLError
-from .models import build_model
+from .models import from_checkpoint
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import BandStats, atomic_path, check_output_path
 from .schemas import ExportParams
@@ -144,10 +144,7 @@ def run_export(params: ExportParams, progress: ProgressCallback = null_progress)
     ckpt = load_checkpoint(params.model, "segmentation")
     tile = params.tile or int(ckpt.get("tile", 256))
     stats = BandStats.from_dict(ckpt["band_stats"])
-    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), ckpt.get("forest"),
-                        int(ckpt.get("smooth") or 1))
-    model.load_state_dict(ckpt["state_dict"])
-    module = DeepnessModel(model, stats).eval()
+    module = DeepnessModel(from_checkpoint(ckpt), stats).eval()
     clock = Clock()
     progress(clock.event("export", 0, 2, message=f"Exporting {Path(params.model).name} to ONNX ({tile}×{tile} tiles)…"))
     # two tiles: an example batch of 1 lets the exporter fix the batch size through a reshape

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .forest import ForestHead, pixel_features
-from .schemas import ENCODERS
+from .schemas import ENCODERS, check_smooth
 
-__all__ = ["ENCODERS", "SMOOTH_SIZES", "autocast", "build_model", "pick_device", "prepare", "smooth_probs"]
+__all__ = ["ENCODERS", "SMOOTH_SIZES", "autocast", "build_model", "from_checkpoint", "pick_device", "prepare", "smooth_probs"]
 
 
 class GeoDeepLab(smp.DeepLabV3Plus):
@@ -30,7 +30,7 @@ class GeoDeepLab(smp.DeepLabV3Plus):
 
     def __init__(self, *args, forest: dict | None = None, smooth: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.smooth = check_smooth(smooth)  # in the model file's ``smooth`` entry, not the state dict
+        self.smooth = int(check_smooth(smooth))  # in the model file's ``smooth`` entry, not the state dict
         self.forest: ForestHead | None = None
         self.texture: tuple[int, ...] = ()
         self.forest_weight = 0.0  # in the model file's ``forest`` entry, not the state dict (old files load)
@@ -75,12 +75,6 @@ class GeoDeepLab(smp.DeepLabV3Plus):
 SMOOTH_SIZES = (1, 3, 5, 9, 15)  # the windows fine-tuning chooses from on its validation polygons
 
 
-def check_smooth(size: int) -> int:
-    if size < 1 or size % 2 == 0 or size > 63:
-        raise ValueError(f"the smoothing window must be an odd number of pixels from 1 to 63, not {size}")
-    return int(size)
-
-
 def smooth_probs(probs: torch.Tensor, size: int) -> torch.Tensor:
     """Class probabilities averaged over a ``size``² window (1: unchanged).
 
@@ -102,6 +96,18 @@ def build_model(encoder: str, in_channels: int, num_classes: int, forest: dict |
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
     return GeoDeepLab(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes,
                       forest=forest, smooth=smooth)
+
+
+def from_checkpoint(ckpt: dict, forest_weight: float | None = None, smooth: int | None = None) -> GeoDeepLab:
+    """The model of a loaded segmentation checkpoint, its weights in; ``forest_weight`` and ``smooth``
+    override its forest's share and its smoothing window."""
+    forest = ckpt.get("forest")
+    if forest and forest_weight is not None:
+        forest = forest | {"weight": forest_weight}
+    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest,
+                        int(ckpt.get("smooth") or 1) if smooth is None else smooth)
+    model.load_state_dict(ckpt["state_dict"])
+    return model
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint
 from .classes import ClassTable, write_qml
 from .distributed import Distributed, all_succeeded, joined
 from .errors import GeoSSLError
-from .models import autocast, build_model, pick_device, prepare
+from .models import autocast, from_checkpoint, pick_device, prepare
 from .onnx_engine import choose_engine, exported_graph, graph_path, onnx_predictor
 from .progress import Clock, ProgressCallback, null_progress
 from .raster_io import (
@@ -52,13 +52,7 @@ def load_model(path: str, device: torch.device, forest_weight: float | None = No
     """The model of a file, ready for inference on tiles of any size; ``forest_weight`` and
     ``smooth`` override its forest's share and its smoothing window."""
     ckpt = load_checkpoint(path, "segmentation")
-    forest = ckpt.get("forest")
-    if forest and forest_weight is not None:
-        forest = forest | {"weight": forest_weight}
-    model = build_model(ckpt["encoder"], int(ckpt["in_channels"]), int(ckpt["num_classes"]), forest,
-                        int(ckpt.get("smooth") or 1) if smooth is None else smooth)
-    model.load_state_dict(ckpt["state_dict"])
-    return prepare(model, device, inference=True).eval(), ckpt
+    return prepare(from_checkpoint(ckpt, forest_weight, smooth), device, inference=True).eval(), ckpt
 
 
 def check_model_bands(ckpt: dict, info: RasterInfo, action: str) -> None:

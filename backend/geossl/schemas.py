@@ -32,9 +32,10 @@ def _one_start(encoder_weights: str | None, **others: str | None) -> None:
         raise ValueError(f"give either encoder_weights or {' / '.join(given)} to start from, not both")
 
 
-def _smooth_ok(v: int | None) -> int | None:
-    if v is not None and v % 2 == 0:
-        raise ValueError(f"the smoothing window must be an odd number of pixels (1: none), not {v}")
+def check_smooth(v: int | None) -> int | None:
+    """A smoothing window: odd, 1 (none) to 63 pixels; None passes (the model's own)."""
+    if v is not None and (v < 1 or v > 63 or v % 2 == 0):
+        raise ValueError(f"the smoothing window must be an odd number of pixels from 1 (none) to 63, not {v}")
     return v
 
 
@@ -117,7 +118,7 @@ class FinetuneParams(_Params):
     @field_validator("smooth")
     @classmethod
     def _smooth(cls, v: int | None) -> int | None:
-        return _smooth_ok(v)
+        return check_smooth(v)
 
     @field_validator("forest_texture")
     @classmethod
@@ -214,7 +215,7 @@ class PredictParams(_Extent):
     @field_validator("smooth")
     @classmethod
     def _smooth(cls, v: int | None) -> int | None:
-        return _smooth_ok(v)
+        return check_smooth(v)
 
     @model_validator(mode="after")
     def _engine(self) -> PredictParams:
