@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_
 from .classes import IGNORE_INDEX, ClassTable
 from .datasets import LabelledTiles, WindowTiles, labelled_pixels
 from .errors import GeoSSLError
-from .forest import ForestHead, fit_forest, pixel_features
+from .forest import ForestHead, Ratios, fit_forest, pixel_features
 from .labels import load_label_polygons, read_vector, split_polygons, value_names
 from .metrics import confusion_matrix, scores
 from .models import autocast, build_model, pick_device, prepare
@@ -49,6 +49,8 @@ def seed_everything(seed: int) -> None:
 # The closing work (choosing the forest's share: the forest on every validation window) costs about
 # this many validations; reserved from the budget when the length is re-planned.
 CLOSING_PER_VALIDATION = 8.0
+# Band ratios by default from this many bands: they paid on 13-band Sentinel-2, not on RGB (dev ablations).
+RATIOS_MIN_BANDS = 4
 
 
 class CosineWithWarmup:
@@ -153,12 +155,20 @@ def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     return cm
 
 
+def forest_ratios(stats: BandStats, params: FinetuneParams) -> Ratios | None:
+    """The band ratios the forest sees: asked for (by default on multispectral rasters) and meaningful
+    for these bands. Dev ablations: Sentinel-2 +2.2 ± 0.8 Kappa in the model, RGB −0.4 forest-alone."""
+    wanted = params.forest_ratios if params.forest_ratios is not None else stats.count >= RATIOS_MIN_BANDS
+    return Ratios.for_bands(stats.low, stats.mean, stats.std) if wanted else None
+
+
 def fit_pixel_forest(polys: list, stats: BandStats, params: FinetuneParams, num_classes: int) -> ForestHead:
     """The per-pixel forest of :mod:`geossl.forest`, fitted on the training polygons' pixels."""
     texture = tuple(params.forest_texture)
+    ratios = forest_ratios(stats, params)
 
     def features(x: np.ndarray) -> np.ndarray:
-        return pixel_features(torch.from_numpy(x)[None], texture)[0].numpy()
+        return pixel_features(torch.from_numpy(x)[None], texture, ratios)[0].numpy()
 
     x, y = labelled_pixels(polys, stats, features, max(texture, default=1) // 2, params.forest_pixels, params.seed)
     packed = fit_forest(x, y, num_classes, params.seed, jobs=max(1, torch.get_num_threads()))
@@ -385,7 +395,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     state, forest_meta = best["state"], None
     final.load_state_dict(best["state"])
     if forest is not None:
-        final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0)
+        final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0, forest_ratios(stats, params))
     finish = choose_finish(final, val_loader, len(table), device, params)
     if forest is not None:
         final.forest_weight = finish.weight

@@ -15,7 +15,10 @@ and in the ONNX export alike, with no scikit-learn at prediction time.
 
 Features are what the model sees: the normalised bands, plus their local mean and standard
 deviation over ``texture`` window sizes (box filters, so a grey roof and a grey road differ by
-their surroundings), computed by the same code in training and prediction.
+their surroundings), and, with ``ratios``, the normalised difference (a − b)/(a + b) of every pair
+of bands on the raw values (NDVI, NDWI, NDBI and their kin, without having to know which band is
+which; a tree cannot build a ratio from axis-aligned splits), computed by the same code in training
+and prediction.
 """
 
 from __future__ import annotations
@@ -32,16 +35,60 @@ TREES = 32
 MIN_LEAF = 3
 MAX_DEPTH = 20  # a prediction costs trees × depth lookups per pixel: this keeps it near the network's cost
 MAX_SAMPLES = 20_000  # pixels per tree (bootstrap): keeps the packed forest a few MB
+MAX_RATIO_BANDS = 16  # band pairs grow as C²/2: 120 ratios at 16 bands, none past that
 
 
-def pixel_features(x: torch.Tensor, texture: Sequence[int]) -> torch.Tensor:
-    """(B, C, H, W) normalised bands → (B, C·(1 + 2·len(texture)), H, W): bands, local mean and std."""
+@dataclass(frozen=True)
+class Ratios:
+    """What undoes the model's band normalisation (raw = x·std + mean, within the clipping range), so
+    band ratios are taken on the values the sensor measured, not on standardised ones."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def for_bands(cls, low: Sequence[float], mean: Sequence[float], std: Sequence[float]) -> Ratios | None:
+        """Ratios of these bands, or None where they mean nothing: negative values (dB, signed
+        indices: a + b can vanish anywhere) or too many bands."""
+        if not 2 <= len(mean) <= MAX_RATIO_BANDS or min(low) < 0:
+            return None
+        return cls(tuple(map(float, mean)), tuple(map(float, std)))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Ratios | None:
+        return cls(tuple(d["mean"]), tuple(d["std"])) if d else None
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised → (B, C(C−1)/2, H, W) normalised differences in [−1, 1], pairs (0,1),
+        (0,2)…; 0 where both bands are 0 (nodata pixels are at the band means, so they stay finite)."""
+        c = x.shape[1]
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(1, c, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(1, c, 1, 1)
+        raw = x * std + mean
+        pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]  # constants in an ONNX graph
+        a = raw.index_select(1, torch.tensor([i for i, _ in pairs], device=x.device))
+        b = raw.index_select(1, torch.tensor([j for _, j in pairs], device=x.device))
+        # in place: C²/2 channels per pixel are the largest tensors of a prediction (78 at 13 bands)
+        total = (a + b).clamp_min_(1e-6)
+        diff = a.sub_(b)
+        del b
+        return diff.div_(total).clamp_(-1.0, 1.0)  # |a − b| ≤ a + b; both 0 → 0
+
+
+def pixel_features(x: torch.Tensor, texture: Sequence[int], ratios: Ratios | None = None) -> torch.Tensor:
+    """(B, C, H, W) normalised bands → (B, F, H, W): bands, local mean and std per ``texture`` window,
+    then (with ``ratios``) the normalised difference of every band pair."""
     feats = [x]
     for size in texture:
         pad = size // 2
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         mean, sq = (_box(v, size) for v in (padded, padded * padded))
         feats += [mean, (sq - mean * mean).clamp_min(0).sqrt()]
+    if ratios is not None:
+        feats.append(ratios.features(x))
     return torch.cat(feats, dim=1)
 
 

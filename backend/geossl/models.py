@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forest import ForestHead, pixel_features
+from .forest import ForestHead, Ratios, pixel_features
 from .schemas import ENCODERS, check_smooth
 
 __all__ = ["ENCODERS", "SMOOTH_SIZES", "autocast", "build_model", "from_checkpoint", "pick_device", "prepare", "smooth_probs"]
@@ -33,13 +33,16 @@ class GeoDeepLab(smp.DeepLabV3Plus):
         self.smooth = int(check_smooth(smooth))  # in the model file's ``smooth`` entry, not the state dict
         self.forest: ForestHead | None = None
         self.texture: tuple[int, ...] = ()
+        self.ratios: Ratios | None = None
         self.forest_weight = 0.0  # in the model file's ``forest`` entry, not the state dict (old files load)
         if forest:
             self.attach_forest(ForestHead(forest["features"], kwargs["classes"], forest["trees"], forest["nodes"],
-                                          forest["depth"]), forest["texture"], forest["weight"])
+                                          forest["depth"]), forest["texture"], forest["weight"],
+                               Ratios.from_dict(forest.get("ratios")))
 
-    def attach_forest(self, head: ForestHead, texture: tuple[int, ...], weight: float) -> None:
-        self.forest, self.texture, self.forest_weight = head, tuple(texture), float(weight)
+    def attach_forest(self, head: ForestHead, texture: tuple[int, ...], weight: float,
+                      ratios: Ratios | None = None) -> None:
+        self.forest, self.texture, self.forest_weight, self.ratios = head, tuple(texture), float(weight), ratios
 
     def forest_meta(self) -> dict | None:
         """What :func:`build_model` needs to rebuild the forest's buffers before loading a state dict."""
@@ -47,14 +50,15 @@ class GeoDeepLab(smp.DeepLabV3Plus):
             return None
         t, n = self.forest.feature.shape
         return {"trees": t, "nodes": n, "depth": self.forest.depth, "features": self.forest.num_features,
-                "texture": list(self.texture), "weight": self.forest_weight}
+                "texture": list(self.texture), "weight": self.forest_weight,
+                "ratios": self.ratios.to_dict() if self.ratios else None}
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """The DeepLabV3+ logits alone."""
         return super().forward(x)
 
     def forest_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forest(pixel_features(x, self.texture))
+        return self.forest(pixel_features(x, self.texture, self.ratios))
 
     def blend(self, context_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(1 − w)·``context_probs`` + w·forest probabilities of ``x`` (the context's alone without a forest)."""

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from geossl import forest as forest_mod
 from geossl.checkpoint import load_checkpoint
 from geossl.export import run_export
-from geossl.finetune import run_finetune
-from geossl.forest import ForestHead, fit_forest, pack, pixel_features
+from geossl.finetune import forest_ratios, run_finetune
+from geossl.forest import ForestHead, Ratios, fit_forest, pack, pixel_features
 from geossl.models import SMOOTH_SIZES
 from geossl.postprocess import FOREST_WEIGHTS, Finish, choose_finish
 from geossl.predict import load_model, run_predict
@@ -97,7 +97,7 @@ def forest_model(tmp_path_factory):
     labels = two_class_polygons(d / "labels.gpkg")
     summary = run_finetune(FinetuneParams(rasters=[str(raster)], labels=str(labels), class_field="class",
                                           out=str(d / "m.pt"), steps=4, steps_per_epoch=4, tile=32, batch=4,
-                                          forest=True, forest_texture=[3]))
+                                          forest=True, forest_texture=[3], forest_ratios=True))
     return {"dir": d, "raster": raster, "labels": labels, "model": d / "m.pt", "summary": summary}
 
 
@@ -105,7 +105,7 @@ def test_the_forest_lives_in_the_model_file_as_plain_tensors(forest_model):
     ckpt = load_checkpoint(forest_model["model"], "segmentation")  # weights_only: no pickled estimator
     meta = ckpt["forest"]
     assert meta["weight"] in FOREST_WEIGHTS and meta["texture"] == [3]
-    assert meta["features"] == 3 * 3  # bands + local mean + local std
+    assert len(meta["ratios"]["mean"]) == 3 and meta["features"] == 3 * (1 + 2) + 3  # bands, texture, 3 pairs
     assert set(meta["validation_kappa"]) == {f"{w:g}" for w in FOREST_WEIGHTS}
     assert ckpt["smooth"] in SMOOTH_SIZES and set(ckpt["smooth_validation_kappa"]) == {str(s) for s in SMOOTH_SIZES}
     assert forest_model["summary"]["smooth"] == ckpt["smooth"]
@@ -158,3 +158,37 @@ def test_continuing_a_forest_model_fits_a_new_forest(forest_model):
                                           forest_texture=[3], seed=1))
     assert summary["forest"]["trees"] == forest_mod.TREES
     assert load_checkpoint(d / "m2.pt", "segmentation")["forest"]["texture"] == [3]
+
+
+def test_band_ratios_are_normalised_differences_of_the_raw_values():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 5000, (2, 4, 6, 7)).astype(np.float32)
+    raw[0, :, 0, 0] = 0.0  # every band 0: ratio 0, not NaN
+    mean, std = raw.mean((0, 2, 3)), raw.std((0, 2, 3))
+    ratios = Ratios.for_bands([0.0] * 4, mean, std)
+    x = torch.from_numpy((raw - mean[None, :, None, None]) / std[None, :, None, None])
+    got = pixel_features(x, (), ratios)[:, 4:].numpy()
+    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = np.stack([(raw[:, a] - raw[:, b]) / (raw[:, a] + raw[:, b]) for a, b in pairs], 1)
+    want[0, :, 0, 0] = 0.0
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert Ratios.from_dict(ratios.to_dict()) == ratios
+
+
+def test_band_ratios_only_where_they_mean_something():
+    assert Ratios.for_bands([-25.0, -30.0], [-12.0, -18.0], [3.0, 3.0]) is None  # SAR in dB: a + b ≤ 0
+    assert Ratios.for_bands([0.0], [1.0], [1.0]) is None  # one band has no pair
+    assert Ratios.for_bands([0.0] * 17, [1.0] * 17, [1.0] * 17) is None  # 136 pairs: too many features
+    assert Ratios.for_bands([0.0] * 16, [1.0] * 16, [1.0] * 16) is not None
+
+
+def test_band_ratios_by_default_on_multispectral_rasters_only():
+    def stats(bands: int) -> BandStats:
+        return BandStats(low=[0.0] * bands, high=[1e4] * bands, mean=[500.0] * bands, std=[100.0] * bands)
+
+    params = FinetuneParams(rasters=["r.tif"], labels="l.gpkg", class_field="class", out="m.pt")
+    assert forest_ratios(stats(3), params) is None  # RGB: the ratios measured no gain
+    assert forest_ratios(stats(13), params) == Ratios((500.0,) * 13, (100.0,) * 13)
+    assert forest_ratios(stats(3), params.model_copy(update={"forest_ratios": True})) is not None
+    assert forest_ratios(stats(13), params.model_copy(update={"forest_ratios": False})) is None
