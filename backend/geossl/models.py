@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forest import ForestHead, Ratios, pixel_features
+from .forest import ForestHead, Ratios, forest_probs
 from .schemas import ENCODERS, check_smooth
 
 __all__ = ["ENCODERS", "SMOOTH_SIZES", "autocast", "build_model", "from_checkpoint", "pick_device", "prepare", "smooth_probs"]
@@ -58,7 +58,7 @@ class GeoDeepLab(smp.DeepLabV3Plus):
         return super().forward(x)
 
     def forest_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forest(pixel_features(x, self.texture, self.ratios))
+        return forest_probs(self.forest, x, self.texture, self.ratios)
 
     def blend(self, context_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(1 − w)·``context_probs`` + w·forest probabilities of ``x`` (the context's alone without a forest)."""

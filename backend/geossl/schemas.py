@@ -87,6 +87,8 @@ class FinetuneParams(_Params):
     forest_ratios: bool | None = Field(None, description="Also give the forest the normalised difference "
                                        "(a − b)/(a + b) of every pair of bands (rasters of 2–16 non-negative "
                                        "bands; default: on for 4 bands or more, where they measured a gain)")
+    forest_ratio_texture: bool = Field(True, description="With the band ratios, also their local mean/std "
+                                       "over the texture windows (how uniform NDVI is around a pixel)")
     forest_weight: float | None = Field(None, ge=0, le=1, description="Share of the forest in the blend "
                                         "(default: the best of 0, ¼, ½, ¾, 1 on the validation polygons)")
     forest_pixels: int = Field(300_000, ge=1000, description="Most labelled pixels the forest is fitted on")

@@ -11,7 +11,7 @@ from geossl import forest as forest_mod
 from geossl.checkpoint import load_checkpoint
 from geossl.export import run_export
 from geossl.finetune import forest_ratios, run_finetune
-from geossl.forest import ForestHead, Ratios, fit_forest, pack, pixel_features
+from geossl.forest import ForestHead, Ratios, fit_forest, forest_probs, pack, pixel_features
 from geossl.models import SMOOTH_SIZES
 from geossl.postprocess import FOREST_WEIGHTS, Finish, choose_finish
 from geossl.predict import load_model, run_predict
@@ -105,7 +105,8 @@ def test_the_forest_lives_in_the_model_file_as_plain_tensors(forest_model):
     ckpt = load_checkpoint(forest_model["model"], "segmentation")  # weights_only: no pickled estimator
     meta = ckpt["forest"]
     assert meta["weight"] in FOREST_WEIGHTS and meta["texture"] == [3]
-    assert len(meta["ratios"]["mean"]) == 3 and meta["features"] == 3 * (1 + 2) + 3  # bands, texture, 3 pairs
+    assert len(meta["ratios"]["mean"]) == 3 and meta["ratios"]["textured"]
+    assert meta["features"] == 3 * (1 + 2) + 3 * (1 + 2)  # bands and their texture, 3 pairs and theirs
     assert set(meta["validation_kappa"]) == {f"{w:g}" for w in FOREST_WEIGHTS}
     assert ckpt["smooth"] in SMOOTH_SIZES and set(ckpt["smooth_validation_kappa"]) == {str(s) for s in SMOOTH_SIZES}
     assert forest_model["summary"]["smooth"] == ckpt["smooth"]
@@ -176,6 +177,35 @@ def test_band_ratios_are_normalised_differences_of_the_raw_values():
     assert Ratios.from_dict(ratios.to_dict()) == ratios
 
 
+def test_textured_ratios_add_the_local_mean_and_std_of_every_ratio():
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(100, 5000, (1, 3, 9, 9)).astype(np.float32)
+    mean, std = raw.mean((0, 2, 3)), raw.std((0, 2, 3))
+    x = torch.from_numpy((raw - mean[None, :, None, None]) / std[None, :, None, None])
+    plain, textured = Ratios.for_bands([0.0] * 3, mean, std), Ratios.for_bands([0.0] * 3, mean, std, textured=True)
+    a, b = pixel_features(x, (3,), plain), pixel_features(x, (3,), textured)
+    assert a.shape[1] == 3 * 3 + 3 and b.shape[1] == 3 * 3 + 3 * 3
+    torch.testing.assert_close(b[:, :a.shape[1]], a)  # the untextured features come first, unchanged
+    ratio = (raw[0, 0] - raw[0, 1]) / (raw[0, 0] + raw[0, 1])  # pair (0, 1)
+    window = ratio[3:6, 3:6]  # the 3 × 3 window around pixel (4, 4)
+    assert b[0, 12, 4, 4].item() == pytest.approx(window.mean(), abs=1e-5)  # mean of pair (0, 1)
+    assert b[0, 15, 4, 4].item() == pytest.approx(window.std(), abs=1e-4)  # then the std of pair (0, 1)
+    assert Ratios.from_dict({"mean": [1.0, 2.0], "std": [1.0, 1.0]}).textured is False  # files without the key
+
+
+def test_the_forest_map_in_stripes_is_the_map_in_one_pass():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 37, 23)
+    texture, ratios = (5,), Ratios.for_bands([0.0] * 4, [5.0] * 4, [1.0] * 4, textured=True)
+    feats = pixel_features(x, texture, ratios)
+    table = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).numpy()
+    y = (table[:, 0] > 0).astype(int) + (table[:, -1] > 0)  # depends on a band and a ratio's texture
+    head = ForestHead.from_packed(fit_forest(table, y, 3, seed=0, trees=4), feats.shape[1])
+    whole = head(feats)
+    for pixels in (23, 46, 100, 10**6):  # one row, two rows, a stripe ending mid-tile, all at once
+        assert torch.equal(forest_probs(head, x, texture, ratios, pixels), whole)
+
+
 def test_band_ratios_only_where_they_mean_something():
     assert Ratios.for_bands([-25.0, -30.0], [-12.0, -18.0], [3.0, 3.0]) is None  # SAR in dB: a + b ≤ 0
     assert Ratios.for_bands([0.0], [1.0], [1.0]) is None  # one band has no pair
@@ -189,6 +219,8 @@ def test_band_ratios_by_default_on_multispectral_rasters_only():
 
     params = FinetuneParams(rasters=["r.tif"], labels="l.gpkg", class_field="class", out="m.pt")
     assert forest_ratios(stats(3), params) is None  # RGB: the ratios measured no gain
-    assert forest_ratios(stats(13), params) == Ratios((500.0,) * 13, (100.0,) * 13)
+    assert forest_ratios(stats(13), params) == Ratios((500.0,) * 13, (100.0,) * 13, textured=True)
+    untextured = params.model_copy(update={"forest_ratio_texture": False})
+    assert not forest_ratios(stats(13), untextured).textured
     assert forest_ratios(stats(3), params.model_copy(update={"forest_ratios": True})) is not None
     assert forest_ratios(stats(13), params.model_copy(update={"forest_ratios": False})) is None
