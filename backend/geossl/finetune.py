@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, pack, rng_states, save_checkpoint, set_
 from .classes import IGNORE_INDEX, ClassTable
 from .datasets import LabelledTiles, WindowTiles, labelled_pixels
 from .errors import GeoSSLError
-from .forest import ForestHead, Ratios, fit_forest, pixel_features
+from .forest import ForestHead, Ratios, fit_forest, pixel_features, texture_halo
 from .labels import load_label_polygons, read_vector, split_polygons, value_names
 from .metrics import confusion_matrix, scores
 from .models import autocast, build_model, pick_device, prepare
@@ -163,15 +163,15 @@ def forest_ratios(stats: BandStats, params: FinetuneParams) -> Ratios | None:
     return Ratios.for_bands(stats.low, stats.mean, stats.std, params.forest_ratio_texture) if wanted else None
 
 
-def fit_pixel_forest(polys: list, stats: BandStats, params: FinetuneParams, num_classes: int) -> ForestHead:
+def fit_pixel_forest(polys: list, stats: BandStats, params: FinetuneParams, num_classes: int,
+                     ratios: Ratios | None) -> ForestHead:
     """The per-pixel forest of :mod:`geossl.forest`, fitted on the training polygons' pixels."""
     texture = tuple(params.forest_texture)
-    ratios = forest_ratios(stats, params)
 
     def features(x: np.ndarray) -> np.ndarray:
         return pixel_features(torch.from_numpy(x)[None], texture, ratios)[0].numpy()
 
-    x, y = labelled_pixels(polys, stats, features, max(texture, default=1) // 2, params.forest_pixels, params.seed)
+    x, y = labelled_pixels(polys, stats, features, texture_halo(texture), params.forest_pixels, params.seed)
     packed = fit_forest(x, y, num_classes, params.seed, jobs=max(1, torch.get_num_threads()))
     return ForestHead.from_packed(packed, x.shape[1])
 
@@ -271,10 +271,10 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     if n_val:
         val_ds = WindowTiles(val_polys, stats, validation_windows(val_polys, params.tile, params.seed))
         val_loader = DataLoader(val_ds, batch_size=params.batch, **loader_kw)
-    forest = None
+    forest, ratios = None, forest_ratios(stats, params)
     if params.forest:
         progress(Clock().event("forest", 0, 0, message="Fitting the per-pixel forest…"))
-        forest = fit_pixel_forest(train_polys, stats, params, len(table))
+        forest = fit_pixel_forest(train_polys, stats, params, len(table), ratios)
     resumed = _load_state(state_path(out), params) if params.resume and state_path(out).exists() else None
     if resumed is not None:
         plan = StepPlan.from_dict(resumed["plan"])
@@ -396,7 +396,7 @@ def run_finetune(params: FinetuneParams, progress: ProgressCallback = null_progr
     state, forest_meta = best["state"], None
     final.load_state_dict(best["state"])
     if forest is not None:
-        final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0, forest_ratios(stats, params))
+        final.attach_forest(forest.to(device), tuple(params.forest_texture), 0.0, ratios)
     finish = choose_finish(final, val_loader, len(table), device, params)
     if forest is not None:
         final.forest_weight = finish.weight
